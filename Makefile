@@ -44,7 +44,7 @@ cluster-status: ## say whether it is up, with nodes and versions
 
 .PHONY: lint
 lint: venv ## ruff over everything
-	$(VENV)/bin/ruff check operator images/server tests benchmarks
+	$(VENV)/bin/ruff check $(wildcard operator images/server tests benchmarks hack)
 
 .PHONY: test
 test: venv binaries $(TEST_PREREQS) lint ## the whole suite: unit, e2e (local control plane), server

@@ -11,8 +11,9 @@ fi
 command -v kind >/dev/null || { echo "kind-up: install kind first (go install sigs.k8s.io/kind@v0.33.0)" >&2; exit 1; }
 kind get clusters | grep -qx modeldeploy || kind create cluster --name modeldeploy --image "kindest/node:$KUBE_VERSION"
 make -C "$ROOT_DIR" images
-kind load docker-image --name modeldeploy ghcr.io/modeldeploy/operator:dev ghcr.io/modeldeploy/modelserver:dev
+tag="$(awk '/^appVersion:/ {gsub(/"/, "", $2); print $2}' "$ROOT_DIR/charts/modeldeploy/Chart.yaml")"
+kind load docker-image --name modeldeploy "ghcr.io/modeldeploy/operator:$tag" "ghcr.io/modeldeploy/modelserver:$tag"
 bash "$HACK_DIR/build.sh" helm
 "$HELM_BIN/helm" upgrade --install modeldeploy "$ROOT_DIR/charts/modeldeploy" \
-  --namespace modeldeploy-system --create-namespace --set image.tag=dev
+  --namespace modeldeploy-system --create-namespace --set image.tag="$tag"
 echo "kind cluster 'modeldeploy' ready: kubectl apply -f $ROOT_DIR/examples/"

@@ -1,0 +1,53 @@
+"""Names shared by the CRD, the renderers and the handlers (one place to change them)."""
+
+from __future__ import annotations
+
+from modeldeploy import __version__
+
+GROUP = "modeldeploy.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+SINGULAR = "modeldeployment"
+SHORT_NAMES = ["md", "mdeploy"]
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+# The bundled inference server (images/server). Its tag follows the operator's version.
+DEFAULT_IMAGE = f"ghcr.io/modeldeploy/modelserver:{__version__}"
+VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.6"
+
+FIELD_MANAGER = "modeldeploy"
+
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_NAME = "modeldeploy.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+MANAGED_BY = "modeldeploy"
+COMPONENT = "model-server"
+
+# Annotation with a hash of what was applied: lets a resync skip unchanged children.
+ANNOTATION_HASH = "modeldeploy.io/applied-hash"
+# On the API key Secret: the auth.apiKeys.rotation value its keys were generated for.
+ANNOTATION_ROTATION = "modeldeploy.io/rotation"
+# On the operator-issued TLS Secret: its expiry, for people (renewal reads the cert).
+ANNOTATION_TLS_NOT_AFTER = "modeldeploy.io/tls-not-after"
+
+CA_SECRET_NAME = "modeldeploy-ca"
+
+# Where the bundled server expects its files (contract with images/server).
+TLS_DIR = "/etc/modelserver/tls"
+AUTH_DIR = "/etc/modelserver/auth"
+CACHE_DIR = "/var/cache/modelserver"
+PVC_MODELS_DIR = "/models"
+
+PRIORITY_TIERS: dict[str, int] = {
+    "critical": 1_000_000,
+    "high": 100_000,
+    "normal": 10_000,
+    "low": 1_000,
+}
+
+# Below this Clawdbot refuses a model outright ("Model context window too small").
+CLAWDBOT_MIN_CONTEXT = 16_000

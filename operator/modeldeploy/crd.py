@@ -1,0 +1,420 @@
+"""The ModelDeployment CustomResourceDefinition, built here and printed by `modeldeploy crd`.
+
+crds/ holds its YAML (a unit test keeps the two equal). Validation lives in the schema:
+OpenAPI types, ranges and enums, plus CEL rules (x-kubernetes-validations) whose
+messages name the field, so bad input is refused at `kubectl apply`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from modeldeploy.constants import CRD_NAME, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+
+Schema = dict[str, Any]
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SOURCE_RULE = (
+    r"self.matches('^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
+    r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^\\s]*)?"
+    r"|https://[A-Za-z0-9.-]+(:[0-9]+)?(/[^\\s]*)?"
+    r"|file:///[^\\s]*)$')"
+)
+
+
+def s(type_: str, description: str, **kw: Any) -> Schema:
+    return {"type": type_, "description": description, **kw}
+
+
+def obj(description: str, properties: dict[str, Schema], **kw: Any) -> Schema:
+    return {"type": "object", "description": description, "properties": properties, **kw}
+
+
+def rule(expr: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    r = {"rule": expr, "message": message}
+    if field_path:
+        r["fieldPath"] = field_path
+    return r
+
+
+def quantity(field: str, description: str) -> Schema:
+    return {
+        "description": description,
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "x-kubernetes-int-or-string": True,
+        "x-kubernetes-validations": [rule(
+            "type(self) == int ? self >= 0 : (size(self) <= 64 && isQuantity(self) && "
+            "quantity(self).compareTo(quantity('0')) >= 0)",
+            f"{field} must be a Kubernetes quantity such as 16Gi, 4 or 500m")],
+    }
+
+
+def string_map(description: str, max_props: int = 64) -> Schema:
+    return {"type": "object", "description": description, "maxProperties": max_props,
+            "additionalProperties": {"type": "string", "maxLength": 1024}}
+
+
+def model_schema() -> Schema:
+    return obj("The model to serve and where its files come from.", {
+        "source": s("string", "Where the weights are: hf://org/name (Hugging Face), "
+                    "pvc://claim/path (a PersistentVolumeClaim in this namespace), "
+                    "https://… (an archive or file URL) or file:///path (on the node image).",
+                    maxLength=2048, minLength=1,
+                    **{"x-kubernetes-validations": [rule(
+                        SOURCE_RULE,
+                        "model.source must be hf://org/name, pvc://claim/path, https://… or "
+                        "file:///… (other schemes are not supported)")]}),
+        "revision": s("string", "Revision (branch, tag or commit) of an hf:// model.",
+                      maxLength=256, pattern=r"^[A-Za-z0-9._/-]+$"),
+        "servedName": s("string", "Model id clients send in requests; defaults to the "
+                        "resource name.", maxLength=256, pattern=r"^[A-Za-z0-9._:/-]+$"),
+        "contextWindow": s("integer", "The model's real context window in tokens (prompt + "
+                           "completion). Clawdbot refuses models below 16000.",
+                           minimum=128, maximum=10_000_000),
+        "checksums": {
+            "type": "object",
+            "description": "Expected digests by file path inside the model, as sha256:HEX "
+                           "or md5:HEX; the fetch step verifies them before serving.",
+            "maxProperties": 256,
+            "additionalProperties": {"type": "string", "maxLength": 80},
+            "x-kubernetes-validations": [rule(
+                "self.all(k, self[k].matches('^(sha256:[0-9a-f]{64}|md5:[0-9a-f]{32})$'))",
+                "model.checksums values must be sha256:<64 hex> or md5:<32 hex>")],
+        },
+        "cache": obj("A PersistentVolumeClaim the model is downloaded into once; pods "
+                     "restart from it. An init container fetches and verifies the files.", {
+            "size": quantity("model.cache.size", "Size of the cache volume (default 100Gi)."),
+            "storageClassName": s("string", "StorageClass of the cache volume.",
+                                  maxLength=253),
+            "accessMode": s("string", "Access mode of the cache volume.",
+                            enum=["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany",
+                                  "ReadWriteOncePod"], default="ReadWriteOnce"),
+        }),
+    }, required=["source"])
+
+
+def engine_schema() -> Schema:
+    return obj("The inference engine and its serving limits.", {
+        "kind": s("string", "builtin (the bundled modelserver), vllm or tgi.",
+                  enum=["builtin", "vllm", "tgi"], default="builtin"),
+        "image": s("string", "Container image override.", maxLength=512, minLength=1),
+        "dtype": s("string", "Weight dtype.", enum=["auto", "float16", "bfloat16", "float32"],
+                   default="auto"),
+        "quantization": s("string", "Weight quantization; builtin: none|int8, vllm: "
+                          "none|fp8|awq|gptq, tgi: all.",
+                          enum=["none", "int8", "fp8", "awq", "gptq"], default="none"),
+        "maxBatchSize": s("integer", "Requests batched together (the guide suggests 4-8).",
+                          minimum=1, maximum=1024, default=8),
+        "maxConcurrentRequests": s("integer", "Admitted requests before 429.",
+                                   minimum=1, maximum=100_000),
+        "maxInputTokens": s("integer", "Longest prompt accepted.", minimum=1,
+                            maximum=10_000_000),
+        "maxTotalTokens": s("integer", "Longest prompt + completion.", minimum=1,
+                            maximum=10_000_000),
+        "toolCallParser": s("string", "Tool-call parser (e.g. hermes, llama3_json); enables "
+                            "tool calling.", maxLength=64, pattern=r"^[A-Za-z0-9_.-]+$"),
+        "args": {"type": "array", "description": "Extra engine arguments, appended last.",
+                 "maxItems": 64, "items": {"type": "string", "maxLength": 4096}},
+        "env": {"type": "array", "description": "Extra environment variables.",
+                "maxItems": 64, "items": {
+                    "type": "object", "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string", "maxLength": 256,
+                                 "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
+                        "value": {"type": "string", "maxLength": 32768},
+                        "valueFrom": {"type": "object",
+                                      "x-kubernetes-preserve-unknown-fields": True},
+                    }}},
+        "startupTimeoutSeconds": s("integer", "How long a pod may take to load the model "
+                                   "before it is restarted (startup probe).",
+                                   minimum=30, maximum=86_400, default=1800),
+    }, **{"x-kubernetes-validations": [
+        rule("!has(self.kind) || !has(self.quantization) || self.kind != 'builtin' || "
+             "self.quantization in ['none', 'int8']",
+             "engine.quantization: the builtin engine supports only none or int8",
+             ".quantization"),
+        rule("!has(self.kind) || !has(self.quantization) || self.kind != 'vllm' || "
+             "self.quantization != 'int8'",
+             "engine.quantization: vllm has no int8 mode (use fp8, awq or gptq)",
+             ".quantization"),
+        rule("!has(self.maxInputTokens) || !has(self.maxTotalTokens) || "
+             "self.maxInputTokens < self.maxTotalTokens",
+             "engine.maxInputTokens must be less than engine.maxTotalTokens",
+             ".maxInputTokens"),
+    ]})
+
+
+def defaults_schema() -> Schema:
+    return obj("Server-side sampling defaults for requests that do not set them.", {
+        "maxTokens": s("integer", "Default max tokens per completion (guide: 2048).",
+                       minimum=1, maximum=1_000_000),
+        "temperature": s("number", "Default temperature, 0-2 (guide: 0.7).",
+                         minimum=0, maximum=2),
+        "topP": s("number", "Default nucleus sampling top_p, in (0, 1] (guide: 0.9).",
+                  minimum=0, exclusiveMinimum=True, maximum=1),
+    })
+
+
+def resources_schema() -> Schema:
+    return obj("Compute for each replica.", {
+        "gpus": s("integer", "GPUs per replica (0 = CPU only).", minimum=0, maximum=64,
+                  default=0),
+        "gpuResource": s("string", "Extended resource name of the GPU.",
+                         enum=["nvidia.com/gpu", "amd.com/gpu", "gpu.intel.com/i915",
+                               "gpu.intel.com/xe"], default="nvidia.com/gpu"),
+        "gpuProduct": s("string", "Required GPU product (node label, e.g. "
+                        "nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3).", maxLength=128,
+                        pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$"),
+        "gpuMemory": quantity("resources.gpuMemory", "GPU memory the model needs per "
+                              "replica (documentation, shown in status), e.g. 48Gi."),
+        "cpu": quantity("resources.cpu", "CPU per replica (default 2)."),
+        "memory": quantity("resources.memory", "Memory per replica (default 8Gi)."),
+        "sharedMemory": quantity("resources.sharedMemory",
+                                 "Size of /dev/shm (memory-backed; default 1Gi)."),
+    }, **{"x-kubernetes-validations": [
+        rule("!has(self.gpuProduct) || self.gpus > 0",
+             "resources.gpuProduct requires resources.gpus > 0", ".gpuProduct"),
+    ]})
+
+
+def placement_schema() -> Schema:
+    return obj("Where pods may run (a GPU toleration is added for GPU pods).", {
+        "nodeSelector": string_map("Node labels the pods require."),
+        "tolerations": {"type": "array", "maxItems": 32, "description": "Extra tolerations.",
+                        "items": {"type": "object", "properties": {
+                            "key": {"type": "string", "maxLength": 317},
+                            "operator": {"type": "string", "enum": ["Exists", "Equal"]},
+                            "value": {"type": "string", "maxLength": 63},
+                            "effect": {"type": "string",
+                                       "enum": ["NoSchedule", "PreferNoSchedule",
+                                                "NoExecute"]},
+                            "tolerationSeconds": {"type": "integer"},
+                        }}},
+        "affinity": {"type": "object", "description": "A core/v1 Affinity, merged with the "
+                     "GPU product affinity.", "x-kubernetes-preserve-unknown-fields": True},
+    })
+
+
+def autoscaling_schema() -> Schema:
+    return obj("HorizontalPodAutoscaler settings; replaces replicas.", {
+        "minReplicas": s("integer", "Fewest replicas.", minimum=1, maximum=1000, default=1),
+        "maxReplicas": s("integer", "Most replicas.", minimum=1, maximum=1000),
+        "metric": s("string", "cpu (utilization %), inflightRequests or queueDepth (per-pod "
+                    "averages from the server's /metrics).",
+                    enum=["cpu", "inflightRequests", "queueDepth"],
+                    default="inflightRequests"),
+        "target": s("integer", "Target value of the metric (percent for cpu).", minimum=1,
+                    maximum=100_000),
+        "scaleDownStabilizationSeconds": s("integer", "Wait before scaling down.",
+                                           minimum=0, maximum=3600),
+    }, required=["maxReplicas"], **{"x-kubernetes-validations": [
+        rule("self.minReplicas <= self.maxReplicas",
+             "autoscaling.minReplicas must be <= autoscaling.maxReplicas", ".minReplicas"),
+    ]})
+
+
+def network_schema() -> Schema:
+    cidr_rule = rule("self.all(c, isCIDR(c))",
+                     "network.allowFrom.ipBlocks must be CIDRs such as 192.168.1.0/24")
+    return obj("How clients reach the model, and who may.", {
+        "port": s("integer", "Port of the server and the Service.", minimum=1,
+                  maximum=65535, default=8080),
+        "allowFrom": obj("Who may connect (NetworkPolicy + server allow-list). Empty: "
+                         "pods of this namespace.", {
+            "namespaces": {"type": "array", "maxItems": 64, "description": "Namespaces.",
+                           "items": {"type": "string", "maxLength": 63,
+                                     "pattern": DNS_LABEL}},
+            "podSelector": {"type": "object", "description": "Pods of this namespace "
+                            "(a LabelSelector).", "properties": {
+                                "matchLabels": string_map("Labels."),
+                                "matchExpressions": {
+                                    "type": "array", "maxItems": 16,
+                                    "items": {"type": "object",
+                                              "x-kubernetes-preserve-unknown-fields": True}},
+                            }},
+            "ipBlocks": {"type": "array", "maxItems": 64, "description": "Client CIDRs "
+                         "(also the server's --allow-cidr list).",
+                         "items": {"type": "string", "maxLength": 43},
+                         "x-kubernetes-validations": [cidr_rule]},
+        }),
+        "ingress": obj("An Ingress in front of the Service.", {
+            "host": s("string", "Host name.", maxLength=253, pattern=DNS_SUBDOMAIN),
+            "className": s("string", "IngressClass.", maxLength=253),
+            "annotations": string_map("Extra Ingress annotations."),
+            "path": s("string", "Path prefix.", maxLength=256, default="/",
+                      pattern=r"^/[A-Za-z0-9._~/-]*$"),
+            "controllerNamespace": s("string", "Namespace of the ingress controller, "
+                                     "allowed by the NetworkPolicy.", maxLength=63,
+                                     pattern=DNS_LABEL, default="ingress-nginx"),
+        }, required=["host"]),
+        "networkPolicy": s("boolean", "Render the NetworkPolicy (default true).",
+                           default=True),
+    })
+
+
+def tls_schema() -> Schema:
+    return obj("TLS for the server (and the Ingress).", {
+        "mode": s("string", "operator: a certificate from the operator's CA; certManager: "
+                  "a cert-manager Certificate; secret: your kubernetes.io/tls Secret; "
+                  "disabled: plain HTTP.",
+                  enum=["operator", "certManager", "secret", "disabled"], default="operator"),
+        "secretName": s("string", "TLS Secret name (required for mode secret).",
+                        maxLength=253, pattern=DNS_SUBDOMAIN),
+        "issuerRef": obj("cert-manager issuer (required for mode certManager).", {
+            "name": s("string", "Issuer name.", maxLength=253, minLength=1),
+            "kind": s("string", "Issuer or ClusterIssuer.", enum=["Issuer", "ClusterIssuer"]),
+            "group": s("string", "Issuer API group.", maxLength=253),
+        }, required=["name"]),
+        "minVersion": s("string", "Lowest TLS version served.", enum=["1.2", "1.3"],
+                        default="1.3"),
+    }, **{"x-kubernetes-validations": [
+        rule("!has(self.mode) || self.mode != 'secret' || has(self.secretName)",
+             "tls.secretName is required when tls.mode is secret", ".secretName"),
+        rule("!has(self.mode) || self.mode != 'certManager' || has(self.issuerRef)",
+             "tls.issuerRef is required when tls.mode is certManager", ".issuerRef"),
+    ]})
+
+
+def auth_schema() -> Schema:
+    return obj("API key authentication.", {
+        "enabled": s("boolean", "Require an API key (default true).", default=True),
+        "apiKeys": obj("The keys.", {
+            "generate": s("boolean", "Generate the keys into a Secret (default true).",
+                          default=True),
+            "secretName": s("string", "Secret with data key `keys` (one per line); "
+                            "required when generate is false.", maxLength=253,
+                            pattern=DNS_LABEL),
+            "count": s("integer", "How many keys to generate.", minimum=1, maximum=16,
+                       default=1),
+            "rotation": s("integer", "Bump to generate new keys (pods pick them up without "
+                          "restart).", minimum=0, default=0),
+        }, **{"x-kubernetes-validations": [
+            rule("self.generate || has(self.secretName)",
+                 "auth.apiKeys.secretName is required when auth.apiKeys.generate is false",
+                 ".secretName"),
+        ]}),
+    })
+
+
+def clawdbot_schema() -> Schema:
+    return obj("The ready-to-use Clawdbot ConfigMap.", {
+        "enabled": s("boolean", "Render ConfigMap <name>-clawdbot (default true).",
+                     default=True),
+        "providerName": s("string", "Provider key in clawdbot.json.", maxLength=63,
+                          pattern=DNS_LABEL, default="modeldeploy"),
+    })
+
+
+def spec_schema() -> Schema:
+    # `default: {}` on the sections makes their own defaults visible in the stored
+    # object (kubectl get -o yaml, printer columns) even when the section is omitted.
+    return obj("What to serve and how.", {
+        "model": model_schema(),
+        "engine": {**engine_schema(), "default": {}},
+        "defaults": defaults_schema(),
+        "resources": {**resources_schema(), "default": {}},
+        "placement": placement_schema(),
+        "replicas": s("integer", "Replicas when autoscaling is not set (default 1).",
+                      minimum=0, maximum=1000),
+        "autoscaling": autoscaling_schema(),
+        "qos": obj("Scheduling priority and QoS.", {
+            "priority": s("string", "Tier, mapped to PriorityClass modeldeploy-<tier>.",
+                          enum=["critical", "high", "normal", "low"], default="normal"),
+            "guaranteed": s("boolean", "Guaranteed QoS: limits == requests (default true).",
+                            default=True),
+        }, default={}),
+        "network": {**network_schema(), "default": {}},
+        "tls": {**tls_schema(), "default": {}},
+        "auth": {**auth_schema(), "default": {}},
+        "clawdbot": {**clawdbot_schema(), "default": {}},
+    }, required=["model"], **{"x-kubernetes-validations": [
+        rule("!has(self.engine) || !has(self.engine.kind) || self.engine.kind != 'tgi' || "
+             "(has(self.tls) && has(self.tls.mode) && self.tls.mode == 'disabled')",
+             "tls.mode must be disabled for engine tgi (it serves plain HTTP; terminate TLS "
+             "at the Ingress)", ".engine.kind"),
+        rule("!has(self.autoscaling) || !has(self.replicas)",
+             "replicas must not be set together with autoscaling (the autoscaler sets replicas)",
+             ".replicas"),
+    ]})
+
+
+def status_schema() -> Schema:
+    condition = {"type": "object", "required": ["type", "status"], "properties": {
+        "type": {"type": "string"},
+        "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+        "reason": {"type": "string"},
+        "message": {"type": "string"},
+        "lastTransitionTime": {"type": "string", "format": "date-time"},
+        "observedGeneration": {"type": "integer"},
+    }}
+    return obj("Observed state, written by the operator.", {
+        "phase": s("string", "Pending, Progressing, Ready, Degraded or Failed.",
+                   enum=["Pending", "Progressing", "Ready", "Degraded", "Failed"]),
+        "observedGeneration": s("integer", "Generation the status describes."),
+        "replicas": s("integer", "Desired replicas."),
+        "readyReplicas": s("integer", "Ready replicas."),
+        "ready": s("string", "ready/desired, for kubectl get."),
+        "endpoint": s("string", "Service host:port inside the cluster."),
+        "url": s("string", "OpenAI base URL (Ingress or Service)."),
+        "apiKeySecret": s("string", "Secret holding the API keys."),
+        "tlsSecret": s("string", "Secret holding the serving certificate."),
+        "clawdbotConfigMap": s("string", "ConfigMap with clawdbot.json."),
+        "gpuMemory": s("string", "GPU memory the model needs per replica."),
+        "conditions": {"type": "array", "items": condition,
+                       "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    })
+
+
+def crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME,
+                     "labels": {"app.kubernetes.io/name": "modeldeploy"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": KIND, "plural": PLURAL, "singular": SINGULAR,
+                      "shortNames": SHORT_NAMES, "listKind": f"{KIND}List",
+                      "categories": ["all", "modeldeploy"]},
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": [
+                    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                    {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
+                    {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
+                    {"name": "Model", "type": "string", "jsonPath": ".spec.model.source",
+                     "priority": 1},
+                    {"name": "Engine", "type": "string", "jsonPath": ".spec.engine.kind",
+                     "priority": 1},
+                    {"name": "GPUs", "type": "integer", "jsonPath": ".spec.resources.gpus",
+                     "priority": 1},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                ],
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "A served LLM: GPU pods, Service/Ingress, NetworkPolicy, "
+                                   "TLS, API keys, QoS, autoscaling and a Clawdbot config.",
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": spec_schema(),
+                        "status": status_schema(),
+                    },
+                    "required": ["spec"],
+                }},
+            }],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    return ("# Generated by `modeldeploy crd` (operator/modeldeploy/crd.py); do not edit.\n"
+            + yaml.safe_dump(crd(), sort_keys=False, width=100))

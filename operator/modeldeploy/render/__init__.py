@@ -1,0 +1,57 @@
+"""Pure renderers: typed spec (+ the few facts read from the cluster) → child manifests.
+
+`desired()` is the whole set one ModelDeployment wants; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from modeldeploy.pki import KeyPair
+from modeldeploy.spec import Spec
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Facts reconcile gathered from the cluster (or generated) for the renderers."""
+
+    operator_namespace: str
+    api_keys: list[str]
+    tls_leaf: KeyPair | None = None
+    tls_not_after: str = ""
+    ca_cert_pem: str | None = None
+
+
+def desired(spec: Spec, inputs: Inputs) -> list[dict[str, Any]]:
+    from modeldeploy.render import (
+        apikeys,
+        autoscaling,
+        cache,
+        clawdbot,
+        ingress,
+        networkpolicy,
+        service,
+        tls,
+        workload,
+    )
+
+    children: list[dict[str, Any] | None] = [
+        cache.render(spec),
+        apikeys.render(spec, inputs.api_keys),
+    ]
+    if spec.tls.mode == "operator" and inputs.tls_leaf and inputs.ca_cert_pem:
+        children.append(tls.render_secret(spec, inputs.tls_leaf, inputs.ca_cert_pem,
+                                          inputs.tls_not_after))
+    elif spec.tls.mode == "certManager":
+        children.append(tls.render_certificate(spec))
+    children += [
+        workload.render(spec),
+        service.render(spec),
+        ingress.render(spec),
+        networkpolicy.render(spec, inputs.operator_namespace),
+        autoscaling.render_hpa(spec),
+        autoscaling.render_pdb(spec),
+        clawdbot.render(spec, inputs.ca_cert_pem if spec.tls.mode == "operator" else None),
+    ]
+    return [c for c in children if c is not None]

@@ -1,0 +1,80 @@
+"""ConfigMap `<name>-clawdbot`: ready-to-use client configs.
+
+- `clawdbot.json`: a Clawdbot provider block (strict schema: only keys it knows), with
+  the API key as a `${MODELDEPLOY_API_KEY}` reference so the ConfigMap holds no secret.
+- `clawbot.json`: the deployment guide's format (model_server + inference_params).
+- `ca.crt`: the CA that signed the server certificate, for NODE_EXTRA_CA_CERTS.
+`modeldeploy clawdbot-config NAME` prints clawdbot.json with the key filled in.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlparse
+
+from modeldeploy.constants import CLAWDBOT_MIN_CONTEXT
+from modeldeploy.render.meta import metadata
+from modeldeploy.spec import Spec
+
+API_KEY_ENV = "MODELDEPLOY_API_KEY"
+# The guide's client timeout (30 s), in milliseconds as its clawbot.json has it.
+CLIENT_TIMEOUT_MS = 30_000
+
+
+def compatible(spec: Spec) -> tuple[bool, str]:
+    """Whether Clawdbot accepts this model, and why not."""
+    cw = spec.model.context_window
+    if cw < CLAWDBOT_MIN_CONTEXT:
+        return False, (f"model.contextWindow {cw} is below Clawdbot's minimum of "
+                       f"{CLAWDBOT_MIN_CONTEXT} tokens; Clawdbot will refuse this model")
+    return True, f"contextWindow {cw} is accepted by Clawdbot"
+
+
+def clawdbot_json(spec: Spec, api_key: str | None = None) -> dict[str, Any]:
+    provider = spec.clawdbot.provider_name
+    key = api_key if api_key is not None else (
+        f"${{{API_KEY_ENV}}}" if spec.auth.enabled else "no-key")
+    return {
+        "agents": {"defaults": {"model": {"primary": f"{provider}/{spec.model.served_name}"}}},
+        "models": {"mode": "merge", "providers": {provider: {
+            "baseUrl": spec.base_url,
+            "apiKey": key,
+            "api": "openai-completions",
+            "models": [{
+                "id": spec.model.served_name,
+                "name": f"{spec.model.served_name} ({spec.namespace}/{spec.name})",
+                "contextWindow": spec.model.context_window,
+                "maxTokens": spec.defaults.max_tokens,
+            }],
+        }}},
+    }
+
+
+def clawbot_json(spec: Spec) -> dict[str, Any]:
+    url = urlparse(spec.base_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return {
+        "model_server": {"protocol": url.scheme, "host": url.hostname, "port": port,
+                         "timeout": CLIENT_TIMEOUT_MS},
+        "inference_params": {"max_tokens": spec.defaults.max_tokens,
+                             "temperature": spec.defaults.temperature,
+                             "top_p": spec.defaults.top_p},
+    }
+
+
+def render(spec: Spec, ca_cert_pem: str | None = None) -> dict[str, Any] | None:
+    if not spec.clawdbot.enabled:
+        return None
+    data = {
+        "clawdbot.json": json.dumps(clawdbot_json(spec), indent=2, sort_keys=True) + "\n",
+        "clawbot.json": json.dumps(clawbot_json(spec), indent=2, sort_keys=True) + "\n",
+    }
+    if ca_cert_pem:
+        data["ca.crt"] = ca_cert_pem
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(spec, spec.clawdbot_configmap_name),
+        "data": data,
+    }

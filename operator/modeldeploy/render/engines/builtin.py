@@ -1,0 +1,81 @@
+"""The bundled server (images/server, `modelserver serve`): the default engine."""
+
+from __future__ import annotations
+
+from modeldeploy.constants import AUTH_DIR, DEFAULT_IMAGE, TLS_DIR
+from modeldeploy.render.engines import EnginePlan
+from modeldeploy.spec import Spec
+
+QUANTIZATIONS = ("none", "int8")
+
+
+def model_arg(spec: Spec) -> str:
+    return spec.model.local_path() or spec.model.source
+
+
+def checksum_args(spec: Spec) -> list[str]:
+    args: list[str] = []
+    for path, digest in sorted(spec.model.checksums.items()):
+        args += ["--checksum", f"{path}={digest}"]
+    return args
+
+
+def fetch_args(spec: Spec) -> list[str]:
+    """Arguments of the init container that fills the model cache volume."""
+    args = ["fetch", "--model", model_arg(spec)]
+    if spec.model.revision:
+        args += ["--revision", spec.model.revision]
+    args += ["--cache-dir", spec.cache_dir, *checksum_args(spec)]
+    return args
+
+
+def plan(spec: Spec) -> EnginePlan:
+    e, d = spec.engine, spec.defaults
+    args = ["serve", "--model", model_arg(spec)]
+    if spec.model.revision:
+        args += ["--revision", spec.model.revision]
+    args += [
+        "--served-name", spec.model.served_name,
+        "--port", str(spec.network.port),
+        "--dtype", e.dtype,
+        "--quantization", e.quantization,
+        "--max-batch-size", str(e.max_batch_size),
+        "--max-concurrent-requests", str(e.max_concurrent_requests),
+    ]
+    if e.max_input_tokens is not None:
+        args += ["--max-input-tokens", str(e.max_input_tokens)]
+    if e.max_total_tokens is not None:
+        args += ["--max-total-tokens", str(e.max_total_tokens)]
+    args += [
+        "--context-window", str(spec.model.context_window),
+        "--default-max-tokens", str(d.max_tokens),
+        "--default-temperature", str(d.temperature),
+        "--default-top-p", str(d.top_p),
+    ]
+    if e.tool_call_parser:
+        args += ["--tool-call-parser", e.tool_call_parser]
+    if spec.tls.enabled:
+        args += [
+            "--tls-cert", f"{TLS_DIR}/tls.crt",
+            "--tls-key", f"{TLS_DIR}/tls.key",
+            "--tls-min-version", spec.tls.min_version,
+        ]
+    else:
+        args.append("--no-tls")
+    if spec.auth.enabled:
+        args += ["--api-keys-file", f"{AUTH_DIR}/keys"]
+    else:
+        args.append("--no-auth")
+    for cidr in spec.network.allow_from.ip_blocks:
+        args += ["--allow-cidr", cidr]
+    args += ["--model-cache-dir", spec.cache_dir, *checksum_args(spec)]
+    return EnginePlan(
+        image=DEFAULT_IMAGE,
+        command=["modelserver"],
+        args=args,
+        health_path="/health",
+        metrics={
+            "inflightRequests": "modelserver_inflight_requests",
+            "queueDepth": "modelserver_queue_depth",
+        },
+    )

@@ -1,0 +1,104 @@
+"""Server-side apply of a desired set, and pruning of what is no longer wanted.
+
+Children are found by label (managed-by + name) and pruned only when this resource owns
+them. A child already holding everything desired (compare.up_to_date) is not sent:
+that is what makes a converged resync free of writes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from lightkube import ApiError
+
+from modeldeploy.compare import up_to_date
+from modeldeploy.constants import LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY
+from modeldeploy.context import Context
+from modeldeploy.kube import Kind, error_message, is_status, kind_of
+from modeldeploy.spec import Spec
+
+log = logging.getLogger(__name__)
+
+# Every kind a ModelDeployment may own, listed to observe and to prune.
+PRUNABLE: list[Kind] = [
+    kind_of("apps/v1", "Deployment"),
+    kind_of("v1", "Service"),
+    kind_of("v1", "Secret"),
+    kind_of("v1", "ConfigMap"),
+    kind_of("v1", "PersistentVolumeClaim"),
+    kind_of("networking.k8s.io/v1", "Ingress"),
+    kind_of("networking.k8s.io/v1", "NetworkPolicy"),
+    kind_of("autoscaling/v2", "HorizontalPodAutoscaler"),
+    kind_of("policy/v1", "PodDisruptionBudget"),
+    kind_of("cert-manager.io/v1", "Certificate"),
+]
+
+Key = tuple[str, str, str]  # apiVersion, kind, name
+Observed = dict[Key, dict[str, Any]]
+
+
+def key_of(obj: dict[str, Any]) -> Key:
+    return obj["apiVersion"], obj["kind"], obj["metadata"]["name"]
+
+
+def owned_by(obj: dict[str, Any], uid: str) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("uid") == uid for r in refs)
+
+
+async def observe(ctx: Context, spec: Spec) -> Observed:
+    """The live children of one ModelDeployment, by (apiVersion, kind, name)."""
+    labels = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_NAME: spec.name}
+    observed: Observed = {}
+    for k in PRUNABLE:
+        if k.kind in ctx.missing_kinds:
+            continue
+        try:
+            items = await ctx.kube.list(k, spec.namespace, labels)
+        except Exception as exc:  # noqa: BLE001 - streamed lists raise bare HTTP errors
+            if is_status(exc, 404):  # the API is not installed (cert-manager)
+                ctx.missing_kinds.add(k.kind)
+                continue
+            raise
+        for obj in items:
+            observed[key_of(obj)] = obj
+    return observed
+
+
+async def apply_set(ctx: Context, children: list[dict[str, Any]],
+                    observed: Observed) -> list[str]:
+    """Apply the children that differ from `observed` (updated in place); failures."""
+    failures: list[str] = []
+    for child in children:
+        key = key_of(child)
+        if child["kind"] in ctx.missing_kinds:
+            failures.append(f"{child['kind']} {key[2]}: the {child['apiVersion']} API is not "
+                            "installed in this cluster")
+            continue
+        if up_to_date(child, observed.get(key)):
+            continue
+        try:
+            observed[key] = await ctx.kube.apply(child)
+            log.info("applied %s %s/%s", child["kind"], child["metadata"]["namespace"], key[2])
+        except ApiError as exc:
+            if is_status(exc, 404) and child["kind"] == "Certificate":
+                ctx.missing_kinds.add("Certificate")
+            # One child refused (e.g. an affinity the API server rejects) must not stop
+            # the others; the message goes to the Reconciled condition.
+            failures.append(f"{child['kind']} {key[2]}: {error_message(exc)}")
+    return failures
+
+
+async def prune(ctx: Context, spec: Spec, children: list[dict[str, Any]],
+                observed: Observed) -> list[Key]:
+    """Delete owned children that the desired set no longer has."""
+    wanted = {key_of(c) for c in children}
+    pruned = []
+    for key, obj in list(observed.items()):
+        if key not in wanted and owned_by(obj, spec.uid):
+            await ctx.kube.delete(kind_of(key[0], key[1]), key[2], spec.namespace)
+            log.info("pruned %s %s/%s (no longer wanted)", key[1], spec.namespace, key[2])
+            del observed[key]
+            pruned.append(key)
+    return pruned

@@ -1,0 +1,25 @@
+"""What every reconcile shares: the client, the operator's namespace, process caches."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from modeldeploy import pki
+from modeldeploy.kube import Kube
+
+
+@dataclass
+class Context:
+    kube: Kube
+    operator_namespace: str
+    ca: pki.KeyPair | None = None  # the operator CA, once read or created
+    missing_kinds: set[str] = field(default_factory=set)  # APIs absent (cert-manager)
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def rfc3339(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")

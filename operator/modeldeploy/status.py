@@ -1,0 +1,240 @@
+"""Observed children → status: phase, conditions users can act on, endpoint, names.
+
+Pure: takes what reconcile read (Deployment, pods) and the problems it met, returns the
+new status dict. Conditions keep their lastTransitionTime while their status holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from modeldeploy.render import clawdbot
+from modeldeploy.spec import Spec
+
+# Conditions whose turn to False deserves a Warning Event on the ModelDeployment.
+EVENT_CONDITIONS = ("Scheduled", "Healthy", "ModelReady", "Reconciled", "TLSReady")
+CRASH_REASONS = {"CrashLoopBackOff", "OOMKilled", "Error", "ContainerCannotRun",
+                 "CreateContainerError", "CreateContainerConfigError", "ImagePullBackOff",
+                 "ErrImagePull", "InvalidImageName", "RunContainerError"}
+
+
+@dataclass(frozen=True)
+class Cond:
+    type: str
+    status: str  # "True" | "False" | "Unknown"
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    generation: int
+    deployment: dict[str, Any] | None
+    pods: list[dict[str, Any]]
+    problems: list[Cond]  # from reconcile: apply errors, TLS, ...
+    hpa: dict[str, Any] | None = None
+
+
+def _pod_condition(pod: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_:
+            return c
+    return None
+
+
+def scheduled(pods: list[dict[str, Any]]) -> Cond:
+    if not pods:
+        return Cond("Scheduled", "Unknown", "NoPods", "no pods exist yet")
+    for pod in pods:
+        c = _pod_condition(pod, "PodScheduled")
+        if c and c.get("status") == "False":
+            # kube-scheduler's own words, e.g. "0/3 nodes are available: ...".
+            return Cond("Scheduled", "False", c.get("reason") or "Unschedulable",
+                        f"pod {pod['metadata']['name']}: {c.get('message', '')}".strip())
+    if all((_pod_condition(p, "PodScheduled") or {}).get("status") == "True" for p in pods):
+        return Cond("Scheduled", "True", "Scheduled", f"{len(pods)} pod(s) bound to nodes")
+    return Cond("Scheduled", "Unknown", "Pending", "waiting for kube-scheduler")
+
+
+def _termination(cs: dict[str, Any]) -> dict[str, Any] | None:
+    state = cs.get("state") or {}
+    last = cs.get("lastState") or {}
+    return state.get("terminated") or last.get("terminated")
+
+
+def healthy(pods: list[dict[str, Any]]) -> Cond:
+    """Crash loops, OOM kills and image problems, with the container's own message."""
+    for pod in pods:
+        st = pod.get("status") or {}
+        for cs in st.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            term = _termination(cs)
+            reason = waiting.get("reason")
+            if reason in CRASH_REASONS or (term and term.get("exitCode", 0) != 0):
+                detail = []
+                if term:
+                    detail.append(f"last terminated: {term.get('reason', 'Error')} "
+                                  f"(exit code {term.get('exitCode')})")
+                    if term.get("message"):
+                        detail.append(term["message"].strip())
+                if waiting.get("message"):
+                    detail.append(waiting["message"].strip())
+                why = (term or {}).get("reason") if reason in (None, "CrashLoopBackOff") \
+                    and term else reason
+                return Cond("Healthy", "False", why or reason or "Error",
+                            f"pod {pod['metadata']['name']} container {cs.get('name')}: "
+                            f"{reason or 'restarted'}; restarts {cs.get('restartCount', 0)}; "
+                            + "; ".join(detail))
+    return Cond("Healthy", "True", "NoCrashes", "no container is crashing")
+
+
+def model_ready(spec: Spec, pods: list[dict[str, Any]], ready: int) -> Cond:
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("initContainerStatuses") or []:
+            state = cs.get("state") or {}
+            term = _termination(cs)
+            if term and term.get("exitCode", 0) != 0:
+                return Cond("ModelReady", "False", "ModelFetchFailed",
+                            f"pod {pod['metadata']['name']}: fetching the model failed "
+                            f"({term.get('reason', 'Error')}, exit code {term.get('exitCode')})"
+                            f": {(term.get('message') or '').strip()}")
+            if "running" in state or ((state.get("waiting") or {}).get("reason")
+                                      == "PodInitializing"):
+                return Cond("ModelReady", "False", "Downloading",
+                            f"pod {pod['metadata']['name']}: downloading {spec.model.source} "
+                            "into the model cache")
+    if ready > 0:
+        return Cond("ModelReady", "True", "Loaded", f"{spec.model.source} is being served")
+    return Cond("ModelReady", "Unknown", "Loading", "no replica has loaded the model yet")
+
+
+def autoscaler(hpa: dict[str, Any] | None) -> Cond:
+    """The HPA's own account of why it cannot scale (e.g. no metrics API / adapter)."""
+    if hpa is None:
+        return Cond("AutoscalerReady", "Unknown", "Pending", "the autoscaler has not "
+                    "reported yet")
+    for c in (hpa.get("status") or {}).get("conditions") or []:
+        if c.get("type") in ("AbleToScale", "ScalingActive") and c.get("status") == "False":
+            return Cond("AutoscalerReady", "False", c.get("reason") or "ScalingInactive",
+                        c.get("message") or "")
+    if (hpa.get("status") or {}).get("conditions"):
+        return Cond("AutoscalerReady", "True", "ScalingActive",
+                    "the autoscaler can read its metric and scale")
+    return Cond("AutoscalerReady", "Unknown", "Pending", "the autoscaler has not reported "
+                "yet")
+
+
+def _problem(problems: list[Cond], type_: str) -> Cond | None:
+    return next((p for p in problems if p.type == type_), None)
+
+
+def compute(spec: Spec, obs: Observed) -> tuple[str, list[Cond], dict[str, Any]]:
+    """(phase, conditions, plain fields) for the observed state."""
+    dep = obs.deployment or {}
+    dep_status = dep.get("status") or {}
+    desired = (dep.get("spec") or {}).get("replicas", spec.desired_replicas)
+    ready = int(dep_status.get("readyReplicas") or 0)
+    updated = int(dep_status.get("updatedReplicas") or 0)
+    rolled = (dep_status.get("observedGeneration", 0) >= (dep.get("metadata") or {})
+              .get("generation", 0)) and updated >= desired
+    pods = [p for p in obs.pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+
+    sched = scheduled(pods)
+    health = healthy(pods)
+    model = model_ready(spec, pods, ready)
+    reconciled = _problem(obs.problems, "Reconciled") or Cond(
+        "Reconciled", "True", "Applied", "all children are up to date")
+    tls = _problem(obs.problems, "TLSReady") or (
+        Cond("TLSReady", "True", "Issued" if spec.tls.mode == "operator" else "Configured",
+             f"serving TLS {spec.tls.min_version}+ with Secret {spec.tls_secret_name}")
+        if spec.tls.enabled else Cond("TLSReady", "False", "Disabled", "TLS is disabled"))
+    avail = Cond("Available", "True" if ready >= max(desired, 1) or desired == 0 else "False",
+                 "MinimumReplicasAvailable" if ready >= desired else "ReplicasNotReady",
+                 f"{ready}/{desired} replicas ready")
+
+    if reconciled.status == "False":
+        phase = "Failed" if ready == 0 else "Degraded"
+    elif ready == 0 and desired > 0 and (health.status == "False"
+                                         or model.reason == "ModelFetchFailed"):
+        phase = "Failed"
+    elif ready >= desired and rolled:
+        phase = "Ready"
+    elif ready > 0 and (health.status == "False" or sched.status == "False"):
+        phase = "Degraded"
+    elif ready == 0 and (sched.status != "True" or model.reason == "Downloading"):
+        phase = "Pending"
+    else:
+        phase = "Progressing"
+    if phase == "Ready":
+        ready_cond = Cond("Ready", "True", "Ready", f"{ready}/{desired} replicas serving "
+                          f"{spec.model.served_name} at {spec.base_url}")
+    else:
+        worst = next((c for c in (reconciled, health, model, sched, tls, avail)
+                      if c.status == "False"), None)
+        ready_cond = Cond("Ready", "False", phase,
+                          worst.message if worst else f"{ready}/{desired} replicas ready")
+    ok, why = clawdbot.compatible(spec)
+    claw = Cond("ClawdbotCompatible", "True" if ok else "False",
+                "ContextWindowOK" if ok else "ContextWindowTooSmall", why)
+    conds = [ready_cond, sched, avail, health, model, tls, reconciled]
+    if spec.autoscaling is not None:
+        conds.append(autoscaler(obs.hpa))
+    if spec.clawdbot.enabled:
+        conds.append(claw)
+    fields: dict[str, Any] = {
+        "phase": phase,
+        "observedGeneration": obs.generation,
+        "replicas": desired,
+        "readyReplicas": ready,
+        "ready": f"{ready}/{desired}",
+        "endpoint": spec.endpoint,
+        "url": spec.base_url,
+        "apiKeySecret": spec.api_key_secret_name if spec.auth.enabled else None,
+        "tlsSecret": spec.tls_secret_name if spec.tls.enabled else None,
+        "clawdbotConfigMap": spec.clawdbot_configmap_name if spec.clawdbot.enabled else None,
+        "gpuMemory": spec.resources.gpu_memory,
+    }
+    return phase, conds, fields
+
+
+def build(spec: Spec, obs: Observed, old: dict[str, Any], now: str) -> dict[str, Any]:
+    """The full status dict; unchanged conditions keep their lastTransitionTime."""
+    _, conds, fields = compute(spec, obs)
+    old_conds = {c.get("type"): c for c in old.get("conditions") or []}
+    out: list[dict[str, Any]] = []
+    for c in conds:
+        prev = old_conds.get(c.type) or {}
+        ltt = prev.get("lastTransitionTime") if prev.get("status") == c.status else None
+        out.append({"type": c.type, "status": c.status, "reason": c.reason,
+                    "message": c.message, "lastTransitionTime": ltt or now,
+                    "observedGeneration": obs.generation})
+    return {**{k: v for k, v in fields.items() if v is not None}, "conditions": out}
+
+
+def new_warnings(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
+    """Conditions that just became False (or changed reason/message while False)."""
+    old_conds = {c.get("type"): c for c in old.get("conditions") or []}
+    warnings = []
+    for c in new.get("conditions") or []:
+        if c["type"] not in EVENT_CONDITIONS or c["status"] != "False":
+            continue
+        if c["type"] == "TLSReady" and c["reason"] == "Disabled":
+            continue
+        prev = old_conds.get(c["type"]) or {}
+        if (prev.get("status"), prev.get("reason"), prev.get("message")) != (
+                c["status"], c["reason"], c["message"]):
+            warnings.append(c)
+    return warnings
+
+
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any] | None:
+    """A JSON merge patch turning `old` into `new` (null clears a field), or None."""
+    if old == new:
+        return None
+    patch = dict(new)
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch
+

@@ -1,0 +1,123 @@
+"""Workers that drain the work queue, plus the periodic resync.
+
+kopf delivers watch events (handlers.py); this module keeps the latest body of each
+ModelDeployment, queues its key, and runs reconcile() for it — one worker per key at a
+time, errors retried with backoff, every key requeued each resync interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from modeldeploy import metrics, priorityclasses
+from modeldeploy.config import Config
+from modeldeploy.context import Context
+from modeldeploy.reconcile import reconcile
+from modeldeploy.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+Key = tuple[str, str]  # namespace, name
+MAX_BACKOFF = 60.0
+
+
+class Controller:
+    def __init__(self, ctx: Context, config: Config) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.bodies: dict[Key, dict[str, Any]] = {}
+        self.queue = WorkQueue()
+        self.failures: dict[Key, int] = {}
+        self.active = asyncio.Event()  # set while this replica may write (leader)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- fed by kopf's watch events ---
+    def observe(self, body: dict[str, Any], deleted: bool = False) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if deleted:
+            self.bodies.pop(key, None)
+            self.failures.pop(key, None)
+            metrics.MANAGED.set(len(self.bodies))
+            if self.active.is_set():
+                self._spawn(self._cleanup())
+            return
+        self.bodies[key] = body
+        metrics.MANAGED.set(len(self.bodies))
+        self.queue.add(key)
+
+    def poke(self, namespace: str, name: str) -> None:
+        """A child changed: reconcile its owner (drift is undone within seconds)."""
+        if (namespace, name) in self.bodies:
+            self.queue.add((namespace, name))
+
+    # --- lifecycle ---
+    def start(self) -> None:
+        for i in range(self.config.workers):
+            self._spawn(self._worker(i))
+        self._spawn(self._resync())
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
+
+    async def _cleanup(self) -> None:
+        try:
+            deleted = await priorityclasses.cleanup(self.ctx.kube)
+            if deleted:
+                log.info("deleted unused PriorityClasses: %s", ", ".join(deleted))
+        except Exception:  # noqa: BLE001 - best effort, retried on the next deletion
+            log.exception("PriorityClass cleanup failed")
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.resync_seconds)
+            for key in list(self.bodies):
+                self.queue.add(key)
+            if self.active.is_set():
+                # Also here, not only on deletions: a tier still used by a resource that
+                # was itself being deleted at that moment is released a little later.
+                await self._cleanup()
+
+    async def _worker(self, index: int) -> None:
+        while True:
+            key = await self.queue.get()
+            try:
+                await self.active.wait()
+                body = self.bodies.get(key)
+                if body is not None:
+                    await self._reconcile(key, body)
+            finally:
+                self.queue.done(key)
+
+    async def _reconcile(self, key: Key, body: dict[str, Any]) -> None:
+        started = time.monotonic()
+        try:
+            result = await reconcile(self.ctx, body)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad resource must not stop the others
+            n = self.failures.get(key, 0) + 1
+            self.failures[key] = n
+            delay = min(MAX_BACKOFF, 2.0 ** n)
+            metrics.RECONCILES.labels(result="error").inc()
+            # Log the first failures and then every 10th, not every retry of a stuck one.
+            if n <= 3 or n % 10 == 0:
+                log.warning("reconcile of %s/%s failed (%s: %s); attempt %d, retrying in "
+                            "%.0fs", key[0], key[1], type(exc).__name__, exc, n, delay)
+            self.queue.add_after(key, delay)
+        else:
+            self.failures.pop(key, None)
+            metrics.RECONCILES.labels(result="ok").inc()
+            if result.writes:
+                log.info("reconciled %s/%s: phase %s, %d write(s)", key[0], key[1],
+                         result.phase, result.writes)
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)

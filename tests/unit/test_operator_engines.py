@@ -1,0 +1,93 @@
+"""render.engines: each engine's own flags, images and refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers_operator import arg_value, make_spec
+from modeldeploy.constants import DEFAULT_IMAGE, TGI_IMAGE, VLLM_IMAGE
+from modeldeploy.render import engines
+
+pytestmark = pytest.mark.unit
+
+
+def test_builtin_flags_follow_the_server_contract() -> None:
+    p = engines.plan(make_spec({
+        "engine": {"quantization": "int8", "maxBatchSize": 4, "maxInputTokens": 1000,
+                   "maxTotalTokens": 2000, "toolCallParser": "hermes"},
+        "model": {"source": "hf://org/model", "servedName": "chat", "revision": "main",
+                  "contextWindow": 32768, "checksums": {"a.bin": "md5:" + "0" * 32}},
+        "network": {"allowFrom": {"ipBlocks": ["192.168.1.0/24", "10.0.0.0/8"]}}}))
+    a = p.args
+    assert p.image == DEFAULT_IMAGE and p.command == ["modelserver"] and a[0] == "serve"
+    for flag, value in [("--model", "hf://org/model"), ("--revision", "main"),
+                        ("--served-name", "chat"), ("--port", "8080"),
+                        ("--quantization", "int8"), ("--max-batch-size", "4"),
+                        ("--max-input-tokens", "1000"), ("--max-total-tokens", "2000"),
+                        ("--context-window", "32768"), ("--default-max-tokens", "2048"),
+                        ("--default-temperature", "0.7"), ("--default-top-p", "0.9"),
+                        ("--tool-call-parser", "hermes"), ("--tls-min-version", "1.3"),
+                        ("--tls-cert", "/etc/modelserver/tls/tls.crt"),
+                        ("--api-keys-file", "/etc/modelserver/auth/keys"),
+                        ("--checksum", "a.bin=md5:" + "0" * 32)]:
+        assert arg_value(a, flag) == value, flag
+    cidrs = [a[i + 1] for i, x in enumerate(a) if x == "--allow-cidr"]
+    assert cidrs == ["192.168.1.0/24", "10.0.0.0/8"]
+    assert p.metrics["inflightRequests"] == "modelserver_inflight_requests"
+
+
+def test_builtin_without_tls_and_auth() -> None:
+    a = engines.plan(make_spec({"tls": {"mode": "disabled"}, "auth": {"enabled": False}})).args
+    assert "--no-tls" in a and "--no-auth" in a and "--tls-cert" not in a
+
+
+def test_vllm_enables_tool_calling_and_its_own_flags() -> None:
+    p = engines.plan(make_spec({"engine": {"kind": "vllm", "toolCallParser": "hermes",
+                                           "quantization": "awq"},
+                                "model": {"source": "hf://Qwen/Q", "servedName": "q",
+                                          "contextWindow": 32768}}))
+    a = p.args
+    assert p.image == VLLM_IMAGE
+    assert arg_value(a, "--model") == "Qwen/Q" and arg_value(a, "--served-model-name") == "q"
+    assert a[a.index("--enable-auto-tool-choice") + 1:][:2] == ["--tool-call-parser", "hermes"]
+    assert arg_value(a, "--max-model-len") == "32768"
+    assert arg_value(a, "--quantization") == "awq"
+    assert json.loads(arg_value(a, "--override-generation-config"))["top_p"] == 0.9
+    assert arg_value(a, "--ssl-certfile") == "/etc/modelserver/tls/tls.crt"
+    env = {e["name"]: e for e in p.env}
+    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "m-api-keys",
+                                                                "key": "primary"}
+    assert p.metrics["queueDepth"] == "vllm:num_requests_waiting"
+
+
+def test_vllm_without_parser_has_no_tool_flags() -> None:
+    a = engines.plan(make_spec({"engine": {"kind": "vllm"}})).args
+    assert "--enable-auto-tool-choice" not in a and "--quantization" not in a
+
+
+def test_tgi_flags() -> None:
+    p = engines.plan(make_spec({"engine": {"kind": "tgi", "quantization": "int8",
+                                           "maxConcurrentRequests": 32},
+                                "tls": {"mode": "disabled"}}))
+    a = p.args
+    assert p.image == TGI_IMAGE
+    assert arg_value(a, "--model-id") == "org/model"
+    assert arg_value(a, "--quantize") == "bitsandbytes"
+    assert arg_value(a, "--max-concurrent-requests") == "32"
+    assert int(arg_value(a, "--max-input-tokens")) < int(arg_value(a, "--max-total-tokens"))
+    assert p.metrics["queueDepth"] == "tgi_queue_size"
+
+
+@pytest.mark.parametrize(("kind", "quant"), [("builtin", "fp8"), ("builtin", "awq"),
+                                             ("vllm", "int8")])
+def test_engines_refuse_what_they_cannot_do(kind: str, quant: str) -> None:
+    with pytest.raises(ValueError, match="not supported by engine"):
+        engines.plan(make_spec({"engine": {"kind": kind, "quantization": quant}}))
+
+
+def test_user_args_env_and_image_come_last() -> None:
+    p = engines.plan(make_spec({"engine": {"image": "me/server:1", "args": ["--x", "1"],
+                                           "env": [{"name": "A", "value": "b"}]}}))
+    assert p.image == "me/server:1" and p.args[-2:] == ["--x", "1"]
+    assert p.env[-1] == {"name": "A", "value": "b"}

@@ -1,0 +1,115 @@
+"""render.workload: the Deployment, by value."""
+
+from __future__ import annotations
+
+import pytest
+from helpers_operator import arg_value, container, make_spec
+from modeldeploy.render import workload
+
+pytestmark = pytest.mark.unit
+
+
+def test_gpu_pod_requests_tolerates_and_prefers_product() -> None:
+    d = workload.render(make_spec({"resources": {
+        "gpus": 2, "gpuProduct": "NVIDIA-H100-80GB-HBM3", "cpu": "4", "memory": "32Gi"}}))
+    pod = d["spec"]["template"]["spec"]
+    res = container(d)["resources"]
+    assert res["requests"]["nvidia.com/gpu"] == "2" == res["limits"]["nvidia.com/gpu"]
+    assert res["requests"]["cpu"] == res["limits"]["cpu"] == "4"  # Guaranteed QoS
+    assert res["requests"]["memory"] == res["limits"]["memory"] == "32Gi"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
+        pod["tolerations"]
+    term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"][0]
+    assert term["matchExpressions"] == [{"key": "nvidia.com/gpu.product", "operator": "In",
+                                         "values": ["NVIDIA-H100-80GB-HBM3"]}]
+    assert d["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+
+
+def test_cpu_pod_has_no_gpu_bits_and_surges() -> None:
+    d = workload.render(make_spec())
+    pod = d["spec"]["template"]["spec"]
+    assert "tolerations" not in pod and "affinity" not in pod
+    assert "nvidia.com/gpu" not in container(d)["resources"]["limits"]
+    assert d["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 1
+
+
+def test_burstable_when_not_guaranteed() -> None:
+    res = container(workload.render(make_spec({"qos": {"guaranteed": False}})))["resources"]
+    assert "cpu" not in res["limits"] and res["requests"]["cpu"] == "2"
+
+
+def test_user_affinity_is_merged_with_product() -> None:
+    user = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "zone", "operator": "In", "values": ["a"]}]}]}}}
+    d = workload.render(make_spec({"resources": {"gpus": 1, "gpuProduct": "NVIDIA-L4"},
+                                   "placement": {"affinity": user}}))
+    exprs = d["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0][
+        "matchExpressions"]
+    assert [e["key"] for e in exprs] == ["zone", "nvidia.com/gpu.product"]
+    # the spec's own dict is not mutated
+    assert len(user["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"][0]["matchExpressions"]) == 1
+
+
+def test_pod_security_and_mounts() -> None:
+    d = workload.render(make_spec())
+    pod = d["spec"]["template"]["spec"]
+    c = container(d)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["shm"] == "/dev/shm" and mounts["tls"] == "/etc/modelserver/tls"
+    assert mounts["api-keys"] == "/etc/modelserver/auth"
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Gi"}
+    assert vols["tls"]["secret"]["secretName"] == "m-tls"
+    assert vols["api-keys"]["secret"]["secretName"] == "m-api-keys"
+    assert pod["priorityClassName"] == "modeldeploy-normal"
+
+
+def test_probes_use_https_and_a_generous_startup() -> None:
+    c = container(workload.render(make_spec({"engine": {"startupTimeoutSeconds": 3600}})))
+    assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "api",
+                                              "scheme": "HTTPS"}
+    s = c["startupProbe"]
+    assert s["periodSeconds"] * s["failureThreshold"] >= 3600
+    plain = container(workload.render(make_spec({"tls": {"mode": "disabled"}})))
+    assert plain["livenessProbe"]["httpGet"]["scheme"] == "HTTP"
+    assert "tls" not in {m["name"] for m in plain["volumeMounts"]}
+
+
+def test_model_cache_adds_pvc_and_fetch_init_container() -> None:
+    d = workload.render(make_spec({"model": {
+        "source": "hf://org/model", "revision": "v1",
+        "checksums": {"model.safetensors": "sha256:" + "a" * 64},
+        "cache": {"size": "50Gi"}}}))
+    pod = d["spec"]["template"]["spec"]
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["model-cache"]["persistentVolumeClaim"]["claimName"] == "m-model-cache"
+    init = pod["initContainers"][0]
+    assert init["args"][:3] == ["fetch", "--model", "hf://org/model"]
+    assert arg_value(init["args"], "--revision") == "v1"
+    assert arg_value(init["args"], "--cache-dir") == "/var/cache/modelserver"
+    assert arg_value(init["args"], "--checksum") == "model.safetensors=sha256:" + "a" * 64
+
+
+def test_pvc_source_is_mounted_read_only() -> None:
+    d = workload.render(make_spec({"model": {"source": "pvc://weights/llama"}}))
+    c = container(d)
+    assert arg_value(c["args"], "--model") == "/models/weights/llama"
+    vols = {v["name"]: v for v in d["spec"]["template"]["spec"]["volumes"]}
+    assert vols["model-source"]["persistentVolumeClaim"] == {"claimName": "weights",
+                                                             "readOnly": True}
+
+
+def test_autoscaled_deployment_leaves_replicas_to_the_hpa() -> None:
+    assert "replicas" not in workload.render(make_spec({"autoscaling": {"maxReplicas": 3}}))[
+        "spec"]
+    assert workload.render(make_spec({"replicas": 3}))["spec"]["replicas"] == 3

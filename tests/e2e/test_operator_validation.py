@@ -1,0 +1,95 @@
+"""The bad-manifest corpus: each is refused at apply time by the CRD's schema or CEL
+rules, with a message naming the field, and nothing is created."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from operator_helpers import apply, crd, items, manifest  # noqa: F401
+
+pytestmark = pytest.mark.e2e
+
+GPU = {"resources": {"gpus": 1}}
+# (case id, spec overrides merged into a valid small spec, text expected in the error)
+CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("source-scheme", {"model": {"source": "s3://bucket/model"}}, "spec.model.source"),
+    ("source-hf-no-name", {"model": {"source": "hf://onlyorg"}}, "spec.model.source"),
+    ("source-http", {"model": {"source": "http://plain.example/m"}}, "spec.model.source"),
+    ("context-window-zero", {"model": {"contextWindow": 0}}, "spec.model.contextWindow"),
+    ("checksum-sha1", {"model": {"checksums": {"a.bin": "sha1:abc"}}}, "spec.model.checksums"),
+    ("cache-access-mode", {"model": {"cache": {"accessMode": "Everyone"}}},
+     "spec.model.cache.accessMode"),
+    ("gpus-negative", {"resources": {"gpus": -1}}, "spec.resources.gpus"),
+    ("gpu-resource", {"resources": {"gpuResource": "foo.com/gpu"}},
+     "spec.resources.gpuResource"),
+    ("gpu-product-without-gpus", {"resources": {"gpuProduct": "NVIDIA-L4"}},
+     "spec.resources.gpuProduct"),
+    ("memory-not-quantity", {"resources": {"memory": "lots"}}, "spec.resources.memory"),
+    ("port-zero", {"network": {"port": 0}}, "spec.network.port"),
+    ("port-too-big", {"network": {"port": 70000}}, "spec.network.port"),
+    ("cidr-bad-prefix", {"network": {"allowFrom": {"ipBlocks": ["192.168.1.0/33"]}}},
+     "spec.network.allowFrom.ipBlocks"),
+    ("cidr-garbage", {"network": {"allowFrom": {"ipBlocks": ["office"]}}},
+     "spec.network.allowFrom.ipBlocks"),
+    ("namespace-name", {"network": {"allowFrom": {"namespaces": ["Bad_NS"]}}},
+     "spec.network.allowFrom.namespaces"),
+    ("ingress-no-host", {"network": {"ingress": {"className": "nginx"}}},
+     "spec.network.ingress.host"),
+    ("temperature", {"defaults": {"temperature": 2.5}}, "spec.defaults.temperature"),
+    ("top-p-zero", {"defaults": {"topP": 0}}, "spec.defaults.topP"),
+    ("top-p-above-one", {"defaults": {"topP": 1.5}}, "spec.defaults.topP"),
+    ("batch-size-zero", {"engine": {"maxBatchSize": 0}}, "spec.engine.maxBatchSize"),
+    ("engine-kind", {"engine": {"kind": "llamacpp"}}, "spec.engine.kind"),
+    ("quantization-enum", {"engine": {"quantization": "int4"}}, "spec.engine.quantization"),
+    ("builtin-fp8", {"engine": {"quantization": "fp8"}}, "spec.engine.quantization"),
+    ("vllm-int8", {"engine": {"kind": "vllm", "quantization": "int8"}},
+     "spec.engine.quantization"),
+    ("input-above-total", {"engine": {"maxInputTokens": 4096, "maxTotalTokens": 1024}},
+     "spec.engine.maxInputTokens"),
+    ("tgi-with-tls", {"engine": {"kind": "tgi"}}, "spec.engine.kind"),
+    ("autoscaling-min-above-max", {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}},
+     "spec.autoscaling.minReplicas"),
+    ("autoscaling-metric", {"autoscaling": {"maxReplicas": 2, "metric": "gpu"}},
+     "spec.autoscaling.metric"),
+    ("replicas-with-autoscaling", {"replicas": 2, "autoscaling": {"maxReplicas": 3}},
+     "spec.replicas"),
+    ("priority-tier", {"qos": {"priority": "urgent"}}, "spec.qos.priority"),
+    ("tls-secret-without-name", {"tls": {"mode": "secret"}}, "spec.tls.secretName"),
+    ("tls-cert-manager-without-issuer", {"tls": {"mode": "certManager"}},
+     "spec.tls.issuerRef"),
+    ("tls-min-version", {"tls": {"minVersion": "1.1"}}, "spec.tls.minVersion"),
+    ("api-keys-without-secret", {"auth": {"apiKeys": {"generate": False}}},
+     "spec.auth.apiKeys.secretName"),
+    ("api-key-count", {"auth": {"apiKeys": {"count": 0}}}, "spec.auth.apiKeys.count"),
+    ("unknown-field", {"gpuCount": 1}, "spec.gpuCount"),
+    ("unknown-nested-field", {"model": {"sourceUrl": "hf://a/b"}}, "spec.model.sourceUrl"),
+]
+
+
+def test_bad_manifests_are_refused_naming_the_field(kubectl, namespace, crd) -> None:  # noqa: F811
+    assert len(CASES) >= 25
+    wrong: list[str] = []
+    for i, (case, spec, field) in enumerate(CASES):
+        proc = apply(kubectl, namespace, manifest(f"bad-{i}", spec), check=False)
+        if proc.returncode == 0:
+            wrong.append(f"{case}: accepted")
+        elif field not in proc.stderr:
+            wrong.append(f"{case}: message does not name {field}: {proc.stderr.strip()}")
+    # missing model altogether
+    proc = apply(kubectl, namespace, {"apiVersion": "modeldeploy.io/v1alpha1",
+                                      "kind": "ModelDeployment", "metadata": {"name": "none"},
+                                      "spec": {"replicas": 1}}, check=False)
+    if proc.returncode == 0 or "spec.model" not in proc.stderr:
+        wrong.append(f"missing-model: {proc.stderr.strip() or 'accepted'}")
+    assert wrong == [], "\n".join(wrong)
+    # nothing half-built
+    assert items(kubectl, namespace, "modeldeployments") == []
+    assert items(kubectl, namespace, "deployments,services,secrets,configmaps",
+                 "app.kubernetes.io/managed-by=modeldeploy") == []
+
+
+def test_the_good_base_manifest_is_accepted(kubectl, namespace, crd) -> None:  # noqa: F811
+    """The corpus only proves something if its valid base passes."""
+    apply(kubectl, namespace, manifest("good", {"autoscaling": {"maxReplicas": 2}}))
+    assert len(items(kubectl, namespace, "modeldeployments")) == 1

@@ -13,21 +13,12 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
+from pins import KUBE_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SH = ROOT / "hack" / "cluster.sh"
 
 pytestmark = pytest.mark.e2e
-
-
-def _kube_version() -> str:
-    for line in (ROOT / "hack" / "kube" / "go.mod").read_text().splitlines():
-        words = line.split()
-        if words[:1] == ["require"]:
-            words = words[1:]
-        if words[:1] == ["k8s.io/kubernetes"]:
-            return words[1]
-    raise AssertionError("hack/kube/go.mod does not pin k8s.io/kubernetes")
 
 
 def _sh(cmd: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -57,7 +48,7 @@ def test_second_cluster_up_twice_then_down_leaves_nothing(kubeconfig: str) -> No
         kctl = ["kubectl", "--kubeconfig", str(own_kubeconfig)]
         version = json.loads(subprocess.run([*kctl, "version", "-o", "json"],
                                             capture_output=True, text=True).stdout)
-        assert version["serverVersion"]["gitVersion"] == _kube_version()
+        assert version["serverVersion"]["gitVersion"] == KUBE_VERSION
 
         nodes = json.loads(subprocess.run([*kctl, "get", "nodes", "-o", "json"],
                                           capture_output=True, text=True, check=True).stdout)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pins import HELM, KUBE_VERSION
 
 pytestmark = pytest.mark.unit
 
@@ -21,15 +22,6 @@ CHART = ROOT / "charts" / "modeldeploy"
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
 
 
-def _go_mod_version(module_dir: str, module: str) -> str:
-    text = (ROOT / "hack" / module_dir / "go.mod").read_text()
-    m = re.search(rf"^\s*(?:require\s+)?{re.escape(module)}\s+(v\S+)", text, re.M)
-    assert m, f"{module} not required in hack/{module_dir}/go.mod"
-    return m.group(1)
-
-
-HELM = ROOT / ".cache" / "bin" / f"helm-{_go_mod_version('helm', 'helm.sh/helm/v3')}" / "helm"
-KUBE_VERSION = _go_mod_version("kube", "k8s.io/kubernetes")
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

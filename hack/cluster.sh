@@ -34,6 +34,7 @@ up() {
   rm -f "$KUBECONFIG_FILE"
   echo ">> starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok ($KUBE_VERSION)"
   local start=$SECONDS
+  # A /16 of Service IPs (the default /24 runs out at 253 ModelDeployments).
   "$KWOKCTL" create cluster --name "$NAME" --runtime binary \
     --kubeconfig "$KUBECONFIG_FILE" \
     --etcd-binary "$ETCD_BIN/etcd" \
@@ -43,6 +44,7 @@ up() {
     --kwok-controller-binary "$KWOK_BIN/kwok" \
     --kube-authorization=true --kube-admission=true \
     --disable-qps-limits \
+    --extra-args kube-apiserver=service-cluster-ip-range=10.96.0.0/16 \
     --wait 90s --timeout 120s
   "${KCTL[@]}" config use-context "kwok-$NAME" >/dev/null
   "${KCTL[@]}" apply --server-side -f "$HACK_DIR/nodes.yaml" >/dev/null

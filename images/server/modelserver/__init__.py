@@ -1,0 +1,3 @@
+"""modelserver: the bundled OpenAI- and TGI-compatible inference server of modeldeploy."""
+
+__version__ = "0.1.0"

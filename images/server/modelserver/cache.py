@@ -1,0 +1,55 @@
+"""Response cache in Redis for repeated deterministic requests (greedy, or seeded).
+
+The key is a hash of the served model and the normalized request; the value is the
+finished result (text, tool calls, finish reason, usage), from which either response
+form is rebuilt. Redis being down never fails a request: the cache is skipped."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+from .engine.sampling import SamplingParams
+from .metrics import Metrics
+
+log = logging.getLogger("modelserver.cache")
+
+
+class ResponseCache:
+    def __init__(self, url: str, ttl: int, metrics: Metrics) -> None:
+        self.url, self.ttl, self.metrics = url, ttl, metrics
+        self._redis: Any = None
+
+    async def connect(self) -> None:
+        import redis.asyncio as redis
+
+        self._redis = redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+
+    @staticmethod
+    def cacheable(params: SamplingParams) -> bool:
+        return params.greedy or params.seed is not None
+
+    @staticmethod
+    def key(kind: str, model: str, request: dict[str, Any]) -> str:
+        blob = json.dumps([kind, model, request], sort_keys=True, ensure_ascii=False)
+        return "modelserver:resp:" + hashlib.sha256(blob.encode()).hexdigest()
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        try:
+            raw = await self._redis.get(key)
+        except Exception as exc:
+            log.warning("response cache unavailable (%s): skipping", type(exc).__name__)
+            return None
+        if raw is None:
+            self.metrics.cache_misses.inc()
+            return None
+        self.metrics.cache_hits.inc()
+        return json.loads(raw)
+
+    async def put(self, key: str, value: dict[str, Any]) -> None:
+        try:
+            await self._redis.set(key, json.dumps(value), ex=self.ttl)
+        except Exception as exc:
+            log.warning("response cache write failed (%s)", type(exc).__name__)

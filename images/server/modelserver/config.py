@@ -1,0 +1,232 @@
+"""Typed settings of `modelserver serve` / `fetch`, parsed from flags with env fallbacks.
+
+Every flag `--some-flag` can also come from `MODELSERVER_SOME_FLAG` (the operator renders
+either); a flag given on the command line wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+ENV_PREFIX = "MODELSERVER_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or contradicts another; the message says which and why."""
+
+
+@dataclass
+class Checksum:
+    file: str
+    algo: str  # "sha256" | "md5"
+    digest: str
+
+    @classmethod
+    def parse(cls, text: str) -> Checksum:
+        # FILE=ALGO:HEX; FILE may itself contain '=' only in odd cases, so split on the last.
+        name, sep, rest = text.rpartition("=")
+        algo, sep2, digest = rest.partition(":")
+        if not sep or not sep2 or not name:
+            raise ConfigError(f"--checksum {text!r}: expected FILE=sha256:HEX or FILE=md5:HEX")
+        algo = algo.lower()
+        if algo not in ("sha256", "md5"):
+            raise ConfigError(f"--checksum {text!r}: algorithm must be sha256 or md5")
+        digest = digest.strip().lower()
+        if not digest or any(c not in "0123456789abcdef" for c in digest):
+            raise ConfigError(f"--checksum {text!r}: digest must be hexadecimal")
+        return cls(file=name, algo=algo, digest=digest)
+
+
+@dataclass
+class Settings:
+    model: str = ""
+    revision: str | None = None
+    served_name: str | None = None
+    host: str = "0.0.0.0"
+    port: int = 8080
+    dtype: str = "auto"
+    quantization: str = "none"
+    max_batch_size: int = 8
+    max_concurrent_requests: int = 128
+    max_input_tokens: int | None = None
+    max_total_tokens: int | None = None
+    context_window: int | None = None
+    default_max_tokens: int = 256
+    default_temperature: float = 1.0
+    default_top_p: float = 1.0
+    tool_call_parser: str = "hermes"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_min_version: str = "1.3"
+    no_tls: bool = False
+    api_keys_file: str | None = None
+    no_auth: bool = False
+    allow_cidr: list[str] = field(default_factory=list)
+    max_body_bytes: int = 4 * 1024 * 1024
+    request_timeout: float = 600.0
+    redact_logs: bool = False
+    cache_redis_url: str | None = None
+    cache_ttl: int = 3600
+    overflow_url: str | None = None
+    overflow_api_key_file: str | None = None
+    model_cache_dir: str | None = None
+    checksum: list[Checksum] = field(default_factory=list)
+    device: str = "auto"
+    warmup: bool = True
+    prefix_cache_entries: int = 8
+    log_level: str = "info"
+
+    def validate(self) -> None:
+        if not self.model:
+            raise ConfigError("--model is required (local dir, .gguf file, hf://org/name, https://…)")
+        if self.no_tls and (self.tls_cert or self.tls_key):
+            raise ConfigError("--no-tls contradicts --tls-cert/--tls-key: choose one")
+        if not self.no_tls and not (self.tls_cert and self.tls_key):
+            raise ConfigError(
+                "TLS is on by default: give --tls-cert FILE and --tls-key FILE, "
+                "or pass --no-tls to serve plain HTTP explicitly"
+            )
+        if self.no_auth and self.api_keys_file:
+            raise ConfigError("--no-auth contradicts --api-keys-file: choose one")
+        if not self.no_auth and not self.api_keys_file:
+            raise ConfigError(
+                "API keys are on by default: give --api-keys-file FILE (one key per line), "
+                "or pass --no-auth to serve without authentication explicitly"
+            )
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"--dtype {self.dtype!r}: one of auto, float32, bfloat16, float16")
+        if self.quantization not in ("none", "int8"):
+            raise ConfigError(f"--quantization {self.quantization!r}: one of none, int8")
+        if self.tls_min_version not in ("1.2", "1.3"):
+            raise ConfigError(f"--tls-min-version {self.tls_min_version!r}: one of 1.2, 1.3")
+        for name in ("max_batch_size", "max_concurrent_requests", "port", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if (
+            self.max_input_tokens
+            and self.max_total_tokens
+            and self.max_input_tokens >= self.max_total_tokens
+        ):
+            raise ConfigError(
+                f"--max-input-tokens ({self.max_input_tokens}) must be below "
+                f"--max-total-tokens ({self.max_total_tokens})"
+            )
+        if self.overflow_api_key_file and not self.overflow_url:
+            raise ConfigError("--overflow-api-key-file needs --overflow-url")
+
+
+def _env(flag: str) -> str | None:
+    return os.environ.get(ENV_PREFIX + flag.upper().replace("-", "_"))
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _add(p: argparse.ArgumentParser, flag: str, kind=str, help: str = "", **kw) -> None:
+    """Add `--flag` whose default comes from MODELSERVER_FLAG when set."""
+    env = _env(flag)
+    action = kw.get("action")
+    if action == "store_true":
+        kw["default"] = _truthy(env) if env is not None else False
+        p.add_argument(f"--{flag}", help=help, **kw)
+        return
+    if action == "append":
+        # env form: comma- or newline-separated list
+        kw["default"] = None
+        p.add_argument(f"--{flag}", type=kind, help=help, **kw)
+        p.set_defaults(**{f"_env_{flag}": env})
+        return
+    if env is not None:
+        kw["default"] = kind(env)
+    p.add_argument(f"--{flag}", type=kind, help=help, **kw)
+
+
+def _common_model_flags(p: argparse.ArgumentParser) -> None:
+    _add(p, "model", help="local dir | file.gguf | hf://org/name[@rev] | https://… | file:///…")
+    _add(p, "revision", help="hub revision (branch, tag or commit)")
+    _add(p, "model-cache-dir", help="where downloads are kept")
+    _add(p, "checksum", action="append",
+         help="FILE=sha256:HEX or FILE=md5:HEX, verified before loading (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelserver",
+        description="OpenAI- and TGI-compatible inference server (torch + transformers)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="load the model and serve HTTP(S)")
+    _common_model_flags(s)
+    d = Settings()
+    _add(s, "served-name", help="model name reported and accepted by the API")
+    _add(s, "host", default=d.host)
+    _add(s, "port", int, default=d.port)
+    _add(s, "dtype", default=d.dtype, help="auto|float32|bfloat16|float16")
+    _add(s, "quantization", default=d.quantization, help="none|int8 (weight-only int8)")
+    _add(s, "device", default=d.device, help="auto|cpu|cuda (auto: device_map over all GPUs)")
+    _add(s, "max-batch-size", int, default=d.max_batch_size)
+    _add(s, "max-concurrent-requests", int, default=d.max_concurrent_requests,
+         help="queued + running; beyond this → 429 (or overflow)")
+    _add(s, "max-input-tokens", int)
+    _add(s, "max-total-tokens", int)
+    _add(s, "context-window", int, help="extend the model's window with RoPE scaling if larger")
+    _add(s, "default-max-tokens", int, default=d.default_max_tokens)
+    _add(s, "default-temperature", float, default=d.default_temperature)
+    _add(s, "default-top-p", float, default=d.default_top_p)
+    _add(s, "tool-call-parser", default=d.tool_call_parser, help="hermes|json|none")
+    _add(s, "tls-cert")
+    _add(s, "tls-key")
+    _add(s, "tls-min-version", default=d.tls_min_version, help="1.2|1.3")
+    _add(s, "no-tls", action="store_true", help="serve plain HTTP (explicit opt-out)")
+    _add(s, "api-keys-file", help="one key per line; reloaded when it changes")
+    _add(s, "no-auth", action="store_true", help="no API key check (explicit opt-out)")
+    _add(s, "allow-cidr", action="append", help="allowed client network (repeatable)")
+    _add(s, "max-body-bytes", int, default=d.max_body_bytes)
+    _add(s, "request-timeout", float, default=d.request_timeout)
+    _add(s, "redact-logs", action="store_true", help="mask personal data in all log lines")
+    _add(s, "cache-redis-url", help="redis://… response cache for deterministic requests")
+    _add(s, "cache-ttl", int, default=d.cache_ttl)
+    _add(s, "overflow-url", help="OpenAI-compatible base URL used when the queue is full")
+    _add(s, "overflow-api-key-file")
+    _add(s, "prefix-cache-entries", int, default=d.prefix_cache_entries)
+    _add(s, "no-warmup", action="store_true", help=argparse.SUPPRESS)
+    _add(s, "log-level", default=d.log_level)
+
+    f = sub.add_parser("fetch", help="download and verify a model into a cache dir, then exit")
+    _common_model_flags(f)
+    f.add_argument("--cache-dir", default=_env("cache-dir"), help="same as --model-cache-dir")
+    return parser
+
+
+def _list_value(ns: argparse.Namespace, flag: str) -> list[str]:
+    given = getattr(ns, flag.replace("-", "_"), None)
+    if given:
+        return list(given)
+    env = getattr(ns, f"_env_{flag}", None)
+    if not env:
+        return []
+    return [v.strip() for v in env.replace("\n", ",").split(",") if v.strip()]
+
+
+def settings_from_args(argv: Sequence[str] | None = None) -> tuple[str, Settings]:
+    ns = build_parser().parse_args(argv)
+    s = Settings()
+    for key, value in vars(ns).items():
+        if key.startswith("_") or key in ("command", "checksum", "allow_cidr", "cache_dir"):
+            continue
+        if key == "no_warmup":
+            s.warmup = not value
+            continue
+        if value is not None and hasattr(s, key):
+            setattr(s, key, value)
+    if ns.command == "fetch" and ns.cache_dir:
+        s.model_cache_dir = ns.cache_dir
+    s.checksum = [Checksum.parse(c) for c in _list_value(ns, "checksum")]
+    if ns.command == "serve":
+        s.allow_cidr = _list_value(ns, "allow-cidr")
+    return ns.command, s

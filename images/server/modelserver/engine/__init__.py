@@ -1,0 +1,1 @@
+"""Generation engine: continuous batching over a transformers causal LM."""

@@ -1,0 +1,62 @@
+"""Prefix reuse: keep the prompt KV of recent requests and start new prompts from the
+longest shared prefix (Clawdbot re-sends the same multi-thousand-token system prompt and
+tools on every turn). Causal attention makes a prefix's keys/values independent of what
+follows, so reusing them is exact up to floating-point order."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import torch
+
+from .kv import KV, crop
+
+
+def _common_prefix(a: list[int], b: tuple[int, ...]) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    ta = torch.tensor(a[:n])
+    tb = torch.tensor(b[:n])
+    diff = torch.nonzero(ta != tb)
+    return int(diff[0]) if diff.numel() else n
+
+
+class PrefixCache:
+    def __init__(self, max_entries: int = 8, min_tokens: int = 16) -> None:
+        self.max_entries = max_entries
+        self.min_tokens = min_tokens
+        self._entries: OrderedDict[tuple[int, ...], KV] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.hit_tokens = 0
+
+    def lookup(self, prompt: list[int]) -> tuple[int, KV | None]:
+        """Longest usable cached prefix of `prompt` (always leaving ≥1 token to compute)."""
+        if self.max_entries <= 0:
+            return 0, None
+        best, best_kv, best_key = 0, None, None
+        with self._lock:
+            for key, kv in self._entries.items():
+                n = min(_common_prefix(prompt, key), len(prompt) - 1)
+                if n > best:
+                    best, best_kv, best_key = n, kv, key
+            if best < self.min_tokens or best_kv is None:
+                return 0, None
+            self._entries.move_to_end(best_key)
+        self.hits += 1
+        self.hit_tokens += best
+        return best, crop(best_kv, best)
+
+    def store(self, prompt: list[int], kv: KV) -> None:
+        if self.max_entries <= 0 or len(prompt) < self.min_tokens:
+            return
+        key = tuple(prompt)
+        with self._lock:
+            # an entry that is a prefix of the new prompt is now redundant
+            for old in [k for k in self._entries if len(k) <= len(key) and key[: len(k)] == k]:
+                del self._entries[old]
+            self._entries[key] = kv
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)

@@ -1,0 +1,68 @@
+"""Per-request sampling: greedy at temperature 0, else temperature/top-k/top-p with a
+per-request generator so that the same seed gives the same text whatever the batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+    # forced tool call: output constrained to a call of one of these functions
+    tool_names: list[str] | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0 or self.top_k == 1
+
+
+class Sampler:
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self.generator: torch.Generator | None = None
+        if not params.greedy:
+            self.generator = torch.Generator(device="cpu")
+            if params.seed is not None:
+                self.generator.manual_seed(params.seed)
+            else:
+                self.generator.seed()
+
+    def __call__(self, logits: torch.Tensor, history: list[int]) -> tuple[int, float]:
+        """logits: (vocab,) float32 on any device → (token id, its log-probability)."""
+        p = self.params
+        logits = logits.float()
+        if p.repetition_penalty != 1.0 and history:
+            idx = torch.tensor(sorted(set(history)), device=logits.device)
+            vals = logits[idx]
+            logits = logits.clone()
+            logits[idx] = torch.where(
+                vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty
+            )
+        logprobs = torch.log_softmax(logits, dim=-1)
+        if p.greedy:
+            tok = int(torch.argmax(logits))
+            return tok, float(logprobs[tok])
+        scaled = logits / max(p.temperature, 1e-5)
+        if p.top_k and p.top_k > 0:
+            kth = torch.topk(scaled, min(p.top_k, scaled.numel())).values[-1]
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        if 0.0 < p.top_p < 1.0:
+            sorted_logits, order = torch.sort(scaled, descending=True)
+            probs = torch.softmax(sorted_logits, dim=-1)
+            cum = torch.cumsum(probs, dim=-1)
+            drop = cum - probs > p.top_p  # keep the smallest set reaching top_p
+            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+            scaled = torch.full_like(scaled, float("-inf")).scatter(0, order, sorted_logits)
+        probs = torch.softmax(scaled, dim=-1).cpu()
+        tok = int(torch.multinomial(probs, 1, generator=self.generator))
+        return tok, float(logprobs[tok])

@@ -1,0 +1,75 @@
+"""Overflow: when the local queue is full, forward the request to an upstream
+OpenAI-compatible server instead of answering 429. If the upstream fails or is full
+too, answer 429 — never hang (connect and read timeouts are bounded)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from .errors import OverloadedError
+from .metrics import Metrics
+
+log = logging.getLogger("modelserver.overflow")
+
+
+class Overflow:
+    def __init__(self, base_url: str, key_file: str | None, metrics: Metrics,
+                 timeout: float) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.key_file = key_file
+        self.metrics = metrics
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0))
+
+    def _headers(self) -> dict[str, str]:
+        if not self.key_file:
+            return {}
+        # read per request: the mounted Secret may rotate
+        key = Path(self.key_file).read_text().strip().splitlines()[0].strip()
+        return {"Authorization": f"Bearer {key}"}
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def forward(self, request: Request, route: str, body: dict[str, Any],
+                      stream: bool) -> JSONResponse | StreamingResponse:
+        url = f"{self.base_url}/{route}"
+        body = {k: v for k, v in body.items() if k != "model"}  # upstream picks its model
+        try:
+            req = self._client.build_request("POST", url, json=body, headers=self._headers())
+            resp = await self._client.send(req, stream=True)
+        except (httpx.HTTPError, OSError) as exc:
+            log.warning("overflow upstream unreachable: %s", type(exc).__name__)
+            self.metrics.overflowed.labels(result="failed").inc()
+            self.metrics.rejected.inc()
+            raise OverloadedError("local queue is full and the overflow upstream failed") from exc
+        if resp.status_code != 200:
+            await resp.aclose()
+            log.warning("overflow upstream answered %d", resp.status_code)
+            self.metrics.overflowed.labels(result="failed").inc()
+            self.metrics.rejected.inc()
+            raise OverloadedError("local queue is full and the overflow upstream failed")
+        self.metrics.overflowed.labels(result="ok").inc()
+        if not stream:
+            try:
+                data = await resp.aread()
+            finally:
+                await resp.aclose()
+            return JSONResponse(content=httpx.Response(200, content=data).json(),
+                                headers={"X-Modelserver-Overflow": "1"})
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in resp.aiter_raw():
+                    yield chunk
+            finally:
+                await resp.aclose()
+
+        return StreamingResponse(relay(), media_type="text/event-stream",
+                                 headers={"X-Modelserver-Overflow": "1"})

@@ -1,0 +1,56 @@
+"""Masking of personal data in log lines (--redact-logs): e-mail addresses, phone
+numbers, ID and card numbers, and secrets that look like keys or bearer tokens."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+"), "Bearer [KEY]"),
+    (re.compile(r"\b(?:sk|pk|rk|api|key|tok)[-_][A-Za-z0-9_-]{12,}\b"), "[KEY]"),
+    (re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"), "[EMAIL]"),
+    # China resident ID (18 chars, last may be X) before generic digit runs
+    (re.compile(r"\b\d{17}[\dXx]\b"), "[ID]"),
+    # payment cards: 13–19 digits, optionally grouped by spaces or dashes
+    (re.compile(r"\b(?:\d[ -]?){12,18}\d\b"), "[CARD]"),
+    # US SSN
+    (re.compile(r"\b\d{3}-\d{2}-\d{4}\b"), "[ID]"),
+    # phone numbers: +country and/or grouped digits, at least 7 digits in all
+    (re.compile(r"(?<![\w])\+?\d{1,3}[ .-]?\(?\d{2,4}\)?[ .-]?\d{3,4}[ .-]?\d{3,4}(?![\w])"),
+     "[PHONE]"),
+    (re.compile(r"\b1[3-9]\d{9}\b"), "[PHONE]"),  # mainland China mobile
+]
+
+
+def redact(text: str) -> str:
+    for pattern, repl in _PATTERNS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Formats the record once and replaces its message with the masked text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not kill logging
+            return True
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+def install(handler_owners: list[logging.Logger] | None = None) -> None:
+    """Attach the filter to every handler of the root and uvicorn loggers."""
+    owners = handler_owners or [logging.getLogger(n) for n in
+                                ("", "uvicorn", "uvicorn.error", "uvicorn.access")]
+    f = RedactingFilter()
+    for lg in owners:
+        for h in lg.handlers:
+            h.addFilter(f)

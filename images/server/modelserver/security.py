@@ -1,0 +1,162 @@
+"""Access control as one ASGI middleware: IP allow-list (403), API key (401), body size
+limit (413). Keys are compared in constant time and reloaded when their file changes."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.exceptions import HTTPException
+
+from .errors import error_body
+
+log = logging.getLogger("modelserver.security")
+
+# Kubelet probes and Prometheus scrapes carry no key; these routes reveal nothing private.
+OPEN_PATHS = {"/health", "/metrics"}
+
+
+class KeyFile:
+    """API keys from a file (one per line, '#' comments), re-read when it changes."""
+
+    def __init__(self, path: str, check_interval: float = 1.0) -> None:
+        self.path = path
+        self.check_interval = check_interval
+        self._keys: list[bytes] = []
+        self._stamp: tuple[float, int] | None = None
+        self._checked = 0.0
+        self._lock = threading.Lock()
+        self._load(force=True)
+
+    def _load(self, force: bool = False) -> None:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            if force:
+                raise RuntimeError(f"cannot read --api-keys-file {self.path}: {exc}") from exc
+            log.error("API key file %s unreadable (%s): keeping the previous keys",
+                      self.path, exc.strerror)
+            return
+        stamp = (st.st_mtime, st.st_size)
+        if stamp == self._stamp and not force:
+            return
+        with open(self.path, encoding="utf-8") as fh:
+            keys = [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
+        if not keys and force:
+            raise RuntimeError(f"--api-keys-file {self.path} holds no keys")
+        self._keys = [k.encode() for k in keys]
+        if self._stamp is not None:
+            log.info("API keys reloaded: %d key(s)", len(keys))  # never the keys themselves
+        self._stamp = stamp
+
+    def valid(self, presented: str) -> bool:
+        now = time.monotonic()
+        if now - self._checked >= self.check_interval:
+            with self._lock:
+                self._checked = now
+                self._load()
+        given = presented.encode()
+        ok = False
+        for key in self._keys:  # no early exit: timing does not reveal which key matched
+            ok |= hmac.compare_digest(given, key)
+        return ok
+
+
+class AccessMiddleware:
+    def __init__(self, app: Callable, keys: KeyFile | None, cidrs: list[str],
+                 max_body_bytes: int) -> None:
+        self.app = app
+        self.keys = keys
+        self.networks = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+        self.max_body = max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if self.networks and path != "/health" and not self._allowed(scope):
+            await _reject(send, path, 403, "forbidden", "client address not allowed")
+            return
+        if self.keys is not None and path not in OPEN_PATHS and not self._authorized(scope):
+            await _reject(send, path, 401, "unauthorized", "missing or invalid API key",
+                          {"www-authenticate": "Bearer"})
+            return
+        length = _header(scope, b"content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > self.max_body
+            except ValueError:
+                await _reject(send, path, 400, "validation", "invalid Content-Length")
+                return
+            if too_big:
+                await _reject(send, path, 413, "payload_too_large",
+                              f"request body over the limit of {self.max_body} bytes")
+                return
+        await self.app(scope, self._limited(receive, send, path), send)
+
+    def _limited(self, receive: Callable, send: Callable, path: str) -> Callable:
+        seen = 0
+        limit = self.max_body
+
+        async def wrapped() -> dict:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > limit:  # chunked upload without Content-Length
+                    raise BodyTooLarge(limit)
+            return msg
+
+        return wrapped
+
+    def _allowed(self, scope: dict) -> bool:
+        client = scope.get("client")
+        if not client:
+            return False
+        try:
+            addr = ipaddress.ip_address(client[0])
+        except ValueError:
+            return False
+        if addr.version == 6 and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.networks)
+
+    def _authorized(self, scope: dict) -> bool:
+        value = _header(scope, b"authorization")
+        if not value:
+            return False
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return False
+        return self.keys.valid(token.strip())
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from inside body reading; an HTTPException so FastAPI passes it through."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over the limit of {limit} bytes")
+
+
+def _header(scope: dict, name: bytes) -> str | None:
+    for k, v in scope.get("headers", []):
+        if k.lower() == name:
+            return v.decode("latin-1")
+    return None
+
+
+async def _reject(send: Callable[[dict], Awaitable[Any]], path: str, status: int, kind: str,
+                  message: str, extra: dict[str, str] | None = None) -> None:
+    body = json.dumps(error_body(path, status, kind, message)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

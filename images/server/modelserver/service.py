@@ -1,0 +1,275 @@
+"""The model service shared by both APIs: loading + warm-up, admission (429), length
+limits (422), and an async view of one request's events from the engine thread."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.requests import Request as HTTPRequest
+
+from . import fetch, loading
+from .config import Settings
+from .engine.core import Engine, ErrorEvent, Event, FinalEvent, Request, TokenEvent
+from .engine.sampling import SamplingParams
+from .errors import (
+    GenerationError,
+    OverloadedError,
+    TimeoutError_,
+    UnavailableError,
+    ValidationError,
+)
+from .metrics import Metrics
+
+log = logging.getLogger("modelserver.service")
+
+
+class ClientGone(Exception):
+    """The HTTP client disconnected; the engine slot has been released."""
+
+
+class Slot:
+    """An admitted request; release() is idempotent so every exit path may call it."""
+
+    def __init__(self, service: ModelService) -> None:
+        self._service: ModelService | None = service
+
+    def release(self) -> None:
+        if self._service is not None:
+            self._service.inflight -= 1
+            self._service = None
+
+
+class ModelService:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.loaded: loading.Loaded | None = None
+        self.engine: Engine | None = None
+        self.ready = False
+        self.load_error: str | None = None
+        self.inflight = 0
+        self.started_at = time.time()
+        self._thread: threading.Thread | None = None
+        # called when loading fails: the process should exit non-zero so Kubernetes shows
+        # the error and restarts with back-off instead of a pod that is never ready
+        self.on_fatal: Callable[[str], None] | None = None
+        metrics.on_collect(self._collect)
+
+    # ---- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._load, name="loader", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self.engine:
+            self.engine.stop()
+
+    def _load(self) -> None:
+        s = self.settings
+        try:
+            src = fetch.resolve(s.model, s.revision, s.model_cache_dir, download=True)
+            fetch.verify(src, s.checksum)
+            self.loaded = loading.load(src, s.dtype, s.device, s.quantization, s.context_window)
+            self.engine = Engine(
+                self.loaded.model, self.loaded.tokenizer, s.max_batch_size,
+                s.prefix_cache_entries, on_queue_wait=self.metrics.queue_duration.observe,
+            )
+            self.engine.start()
+            if s.warmup:
+                self._warm_up()
+            self.ready = True
+            self.metrics.ready.set(1)
+            log.info("ready: serving %s as %r", src.label, self.served_name)
+        except Exception as exc:
+            self.load_error = str(exc) if isinstance(exc, fetch.FetchError) else \
+                f"{type(exc).__name__}: {exc}"
+            log.error("model load failed: %s", self.load_error)
+            if self.on_fatal:
+                self.on_fatal(self.load_error)
+
+    def _warm_up(self) -> None:
+        done = threading.Event()
+        result: list[Event] = []
+
+        def emit(e: Event) -> None:
+            if not isinstance(e, TokenEvent):
+                result.append(e)
+                done.set()
+
+        ids = self.loaded.tokenizer("Hello", add_special_tokens=True)["input_ids"]
+        self.engine.submit(Request(list(ids), SamplingParams(max_new_tokens=2, temperature=0),
+                                   emit))
+        if not done.wait(600) or not isinstance(result[0], FinalEvent):
+            raise RuntimeError(f"warm-up generation failed: {result}")
+
+    # ---- facts ----------------------------------------------------------------------
+    @property
+    def served_name(self) -> str:
+        if self.settings.served_name:
+            return self.settings.served_name
+        return self.settings.model.rstrip("/").rsplit("/", 1)[-1].removesuffix(".gguf")
+
+    @property
+    def context_window(self) -> int:
+        return self.loaded.context.served if self.loaded else (self.settings.context_window or 0)
+
+    @property
+    def max_total_tokens(self) -> int:
+        return self.settings.max_total_tokens or self.context_window
+
+    @property
+    def max_input_tokens(self) -> int:
+        return self.settings.max_input_tokens or max(1, self.max_total_tokens - 1)
+
+    def require_ready(self) -> None:
+        if not self.ready:
+            raise UnavailableError(
+                "model failed to load: " + self.load_error if self.load_error else
+                "model is loading"
+            )
+
+    def _collect(self) -> None:
+        self.metrics.inflight.set(self.inflight)
+        if self.engine:
+            st = self.engine.stats
+            self.metrics.queue_depth.set(self.engine.queue_depth)
+            self.metrics.queue_size.set(self.engine.queue_depth)
+            self.metrics.batch_current_size.set(st.batch_size)
+            self.metrics.decode_steps.set(st.steps)
+            self.metrics.decode_rows.set(st.step_rows)
+        self.metrics.batch_max_size.set(self.settings.max_batch_size)
+
+    # ---- requests -------------------------------------------------------------------
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        self.require_ready()
+        return list(self.loaded.tokenizer(text, add_special_tokens=add_special_tokens)
+                    ["input_ids"])
+
+    def check_lengths(self, n_input: int, max_new: int | None, param: str) -> int:
+        """Validate against the limits; return the max_new_tokens to use."""
+        if n_input == 0:
+            raise ValidationError("the prompt is empty", param="inputs")
+        if n_input > self.max_input_tokens:
+            raise ValidationError(
+                f"the input has {n_input} tokens, over max_input_tokens "
+                f"{self.max_input_tokens}", param="inputs")
+        room = self.max_total_tokens - n_input
+        if max_new is None:
+            return max(1, min(self.settings.default_max_tokens, room))
+        if max_new < 1:
+            raise ValidationError(f"`{param}` must be at least 1", param=param)
+        if n_input + max_new > self.max_total_tokens:
+            raise ValidationError(
+                f"input tokens + `{param}` must be <= max_total_tokens "
+                f"{self.max_total_tokens}: given {n_input} input tokens and {max_new} "
+                f"`{param}`", param=param)
+        return max_new
+
+    def acquire(self) -> Slot:
+        """Take one of max_concurrent_requests slots, or raise OverloadedError (429)."""
+        self.require_ready()
+        if self.inflight >= self.settings.max_concurrent_requests:
+            self.metrics.rejected.inc()
+            self.metrics.request_failure.labels(err="overloaded").inc()
+            raise OverloadedError()
+        self.inflight += 1
+        return Slot(self)
+
+    def has_room(self) -> bool:
+        return self.inflight < self.settings.max_concurrent_requests
+
+    async def events(self, prompt_ids: list[int], params: SamplingParams,
+                     http: HTTPRequest | None = None,
+                     heartbeat: float | None = None) -> AsyncIterator[Event | None]:
+        """Submit and yield events until a final one; cancels the engine row on exit.
+
+        With `heartbeat`, yields None after that many idle seconds (a long prefill), so a
+        stream can send a keep-alive before a client's idle watchdog fires."""
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue[Event] = asyncio.Queue()
+        deadline = time.monotonic() + self.settings.request_timeout
+
+        def emit(e: Event) -> None:
+            loop.call_soon_threadsafe(q.put_nowait, e)
+
+        req = Request(prompt_ids, params, emit, deadline=deadline)
+        started = time.monotonic()
+        self.metrics.request_count.inc()
+        self.metrics.input_length.observe(len(prompt_ids))
+        self.engine.submit(req)
+        finished = False
+        idle_since = time.monotonic()
+        try:
+            while True:
+                try:
+                    ev = await asyncio.wait_for(q.get(), timeout=1.0)
+                except TimeoutError:
+                    if http is not None and await http.is_disconnected():
+                        raise ClientGone() from None
+                    if heartbeat and time.monotonic() - idle_since >= heartbeat:
+                        idle_since = time.monotonic()
+                        yield None
+                    continue
+                idle_since = time.monotonic()
+                if isinstance(ev, FinalEvent):
+                    finished = True
+                    took = time.monotonic() - started
+                    self.metrics.request_success.inc()
+                    self.metrics.request_duration.observe(took)
+                    self.metrics.generated_tokens.observe(ev.completion_tokens)
+                    self.metrics.generated_tokens_total.inc(ev.completion_tokens)
+                    self.metrics.prefix_cached_tokens.inc(ev.cached_tokens)
+                    if req.started_at:
+                        self.metrics.inference_duration.observe(time.monotonic() -
+                                                                req.started_at)
+                    if ev.completion_tokens:
+                        self.metrics.mean_time_per_token.observe(took / ev.completion_tokens)
+                    yield ev
+                    return
+                if isinstance(ev, ErrorEvent):
+                    finished = True
+                    self.metrics.request_failure.labels(err=ev.kind).inc()
+                    if ev.kind == "timeout":
+                        raise TimeoutError_(
+                            f"request exceeded --request-timeout "
+                            f"{self.settings.request_timeout:g}s")
+                    if ev.kind == "cancelled":
+                        raise ClientGone()
+                    raise GenerationError(ev.message)
+                yield ev
+        finally:
+            if not finished:
+                req.cancel()  # client gone or consumer stopped: free the batch slot
+                self.metrics.request_failure.labels(err="cancelled").inc()
+
+
+def sampling_params(
+    service: ModelService, *, max_new_tokens: int, temperature: float | None,
+    top_p: float | None, top_k: int | None = None, repetition_penalty: float | None = None,
+    seed: int | None = None, stop: list[str] | None = None, do_sample: bool | None = None,
+    ignore_eos: bool | None = None,
+) -> SamplingParams:
+    s = service.settings
+    temp = s.default_temperature if temperature is None else temperature
+    if do_sample is False:
+        temp = 0.0
+    return SamplingParams(
+        max_new_tokens=max_new_tokens, temperature=temp,
+        top_p=s.default_top_p if top_p is None else top_p, top_k=top_k or 0,
+        repetition_penalty=repetition_penalty or 1.0, seed=seed, stop=list(stop or []),
+        ignore_eos=bool(ignore_eos),
+    )
+
+
+def usage_dict(ev: FinalEvent) -> dict[str, Any]:
+    return {
+        "prompt_tokens": ev.prompt_tokens,
+        "completion_tokens": ev.completion_tokens,
+        "total_tokens": ev.prompt_tokens + ev.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": ev.cached_tokens},
+    }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -16,7 +16,7 @@ from .. import __version__
 from ..chat import render_prompt
 from ..engine.core import FinalEvent, TokenEvent
 from ..errors import APIError, NotFoundError, ValidationError, stream_error_payload
-from ..service import ClientGone, ModelService, sampling_params, usage_dict
+from ..service import ClientGone, ModelService, Slot, sampling_params, usage_dict
 from ..toolcalls import StreamSplitter, ToolCall, parse
 
 router = APIRouter(tags=["OpenAI"])
@@ -186,46 +186,36 @@ async def chat_completions(body: ChatCompletionRequest,
     async def stream() -> AsyncIterator[str]:
         splitter = StreamSplitter(parser)
         pieces: list[str] = []
-        try:
-            yield _sse(_chunk(meta, {"role": "assistant", "content": ""}))
-            async for ev in svc.events(ids, params, request, heartbeat=HEARTBEAT_S):
-                if ev is None:
-                    yield ": keep-alive\n\n"  # SSE comment: clients ignore it, proxies see bytes
-                elif isinstance(ev, TokenEvent):
-                    out = splitter.feed(ev.text)
-                    if out:
-                        pieces.append(out)
-                        yield _sse(_chunk(meta, {"content": out}))
-                elif isinstance(ev, FinalEvent):
-                    rest, calls = splitter.finish(names)
-                    if rest:
-                        pieces.append(rest)
-                        yield _sse(_chunk(meta, {"content": rest}))
-                    for i, call in enumerate(calls):
-                        # first the call with its id and name, then its arguments
-                        head = call.as_openai(i)
-                        head["function"]["arguments"] = ""
-                        yield _sse(_chunk(meta, {"tool_calls": [head]}))
-                        yield _sse(_chunk(meta, {"tool_calls": [
-                            {"index": i, "function": {"arguments": call.arguments}}]}))
-                    result = _result("".join(pieces), calls, ev)
-                    yield _sse(_chunk(meta, {}, result["finish_reason"]))
-                    if _include_usage(body):
-                        yield _sse({**_obj(meta, "chat.completion.chunk"), "choices": [],
-                                    "usage": result["usage"]})
-                    if cache_key:
-                        await app.state.cache.put(cache_key, result)
-            yield "data: [DONE]\n\n"
-        except ClientGone:
-            return
-        except APIError as err:
-            yield _sse(stream_error_payload(request.url.path, err))
-            yield "data: [DONE]\n\n"
-        finally:
-            slot.release()
+        yield _sse(_chunk(meta, {"role": "assistant", "content": ""}))
+        async for ev in svc.events(ids, params, request, heartbeat=HEARTBEAT_S):
+            if ev is None:
+                yield ": keep-alive\n\n"  # SSE comment: clients ignore it, proxies see bytes
+            elif isinstance(ev, TokenEvent):
+                out = splitter.feed(ev.text)
+                if out:
+                    pieces.append(out)
+                    yield _sse(_chunk(meta, {"content": out}))
+            elif isinstance(ev, FinalEvent):
+                rest, calls = splitter.finish(names)
+                if rest:
+                    pieces.append(rest)
+                    yield _sse(_chunk(meta, {"content": rest}))
+                for i, call in enumerate(calls):
+                    # first the call with its id and name, then its arguments
+                    head = call.as_openai(i)
+                    head["function"]["arguments"] = ""
+                    yield _sse(_chunk(meta, {"tool_calls": [head]}))
+                    yield _sse(_chunk(meta, {"tool_calls": [
+                        {"index": i, "function": {"arguments": call.arguments}}]}))
+                result = _result("".join(pieces), calls, ev)
+                yield _sse(_chunk(meta, {}, result["finish_reason"]))
+                if _include_usage(body):
+                    yield _sse({**_obj(meta, "chat.completion.chunk"), "choices": [],
+                                "usage": result["usage"]})
+                if cache_key:
+                    await app.state.cache.put(cache_key, result)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return _event_stream(request, slot, stream())
 
 
 @router.post("/v1/completions", response_model=None)
@@ -271,35 +261,25 @@ async def completions(body: CompletionRequest,
             "finish_reason": FINISH[final.finish_reason]}], "usage": usage_dict(final)})
 
     async def stream() -> AsyncIterator[str]:
-        try:
-            if echo:
+        if echo:
+            yield _sse({**_obj(meta, "text_completion"), "choices": [
+                {"index": 0, "text": echo, "logprobs": None, "finish_reason": None}]})
+        async for ev in svc.events(ids, params, request, heartbeat=HEARTBEAT_S):
+            if ev is None:
+                yield ": keep-alive\n\n"
+            elif isinstance(ev, TokenEvent) and ev.text:
                 yield _sse({**_obj(meta, "text_completion"), "choices": [
-                    {"index": 0, "text": echo, "logprobs": None, "finish_reason": None}]})
-            async for ev in svc.events(ids, params, request, heartbeat=HEARTBEAT_S):
-                if ev is None:
-                    yield ": keep-alive\n\n"
-                elif isinstance(ev, TokenEvent) and ev.text:
-                    yield _sse({**_obj(meta, "text_completion"), "choices": [
-                        {"index": 0, "text": ev.text, "logprobs": None,
-                         "finish_reason": None}]})
-                elif isinstance(ev, FinalEvent):
-                    yield _sse({**_obj(meta, "text_completion"), "choices": [
-                        {"index": 0, "text": "", "logprobs": None,
-                         "finish_reason": FINISH[ev.finish_reason]}]})
-                    if _include_usage(body):
-                        yield _sse({**_obj(meta, "text_completion"), "choices": [],
-                                    "usage": usage_dict(ev)})
-            yield "data: [DONE]\n\n"
-        except ClientGone:
-            return
-        except APIError as err:
-            yield _sse(stream_error_payload(request.url.path, err))
-            yield "data: [DONE]\n\n"
-        finally:
-            slot.release()
+                    {"index": 0, "text": ev.text, "logprobs": None,
+                     "finish_reason": None}]})
+            elif isinstance(ev, FinalEvent):
+                yield _sse({**_obj(meta, "text_completion"), "choices": [
+                    {"index": 0, "text": "", "logprobs": None,
+                     "finish_reason": FINISH[ev.finish_reason]}]})
+                if _include_usage(body):
+                    yield _sse({**_obj(meta, "text_completion"), "choices": [],
+                                "usage": usage_dict(ev)})
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return _event_stream(request, slot, stream())
 
 
 # ---- helpers ---------------------------------------------------------------------------
@@ -366,3 +346,27 @@ def _chat_from_result(result: dict[str, Any], meta: dict[str, Any],
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(replay(), media_type="text/event-stream")
+
+
+def _event_stream(request: Request, slot: Slot,
+                  events: AsyncGenerator[str, None]) -> StreamingResponse:
+    """An OpenAI SSE response: the route's events, then `[DONE]`; an error mid-stream
+    becomes an `error` event (clients raise it); the admission slot is freed however the
+    stream ends, a client that went away included."""
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            async for chunk in events:
+                yield chunk
+            yield "data: [DONE]\n\n"
+        except ClientGone:
+            return
+        except APIError as err:
+            yield _sse(stream_error_payload(request.url.path, err))
+            yield "data: [DONE]\n\n"
+        finally:
+            await events.aclose()  # the engine request ends with it, not at garbage collection
+            slot.release()
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from modeldeploy.metrics import metric_sum
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,18 +83,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def metric_sum(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(r"^([^{ ]+)(\{(.*)\})? (\S+)", line)
-        if not m or m.group(1) != name:
-            continue
-        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
-        if all(got.get(k) == v for k, v in labels.items()):
-            total += float(m.group(4))
-    return total
 
 
 def by_labels(text: str, name: str, keys: tuple[str, ...]) -> dict[tuple[str, ...], float]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RECONCILES = Counter("modeldeploy_reconciles_total", "Reconciles run.", ["result"])
@@ -14,3 +16,17 @@ MANAGED = Gauge("modeldeploy_managed_resources", "ModelDeployments being watched
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:
     start_http_server(port, addr=addr)
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`, read from Prometheus
+    text (our own /metrics); the tests and benchmarks count writes and reconciles with it."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(r"^([^{ ]+)(\{(.*)\})? (\S+)", line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(m.group(4))
+    return total

@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+from modeldeploy.metrics import metric_sum
 from operator_helpers import (
     CHILD_KINDS,
     apply,
@@ -18,7 +19,6 @@ from operator_helpers import (
     get,
     items,
     manifest,
-    metric_sum,
     operator_args,
     scrape,
     wait_for,

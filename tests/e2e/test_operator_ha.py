@@ -7,13 +7,13 @@ import json
 import urllib.request
 
 import pytest
+from modeldeploy.metrics import metric_sum
 from operator_helpers import (
     apply,
     crd,  # noqa: F401 - fixture
     free_port,
     get,
     manifest,
-    metric_sum,
     operator_args,
     scrape,
     wait_for,

@@ -6,6 +6,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from modeldeploy import pki
+from modeldeploy.children import Children
 from modeldeploy.kube import Kube
 
 
@@ -15,6 +16,9 @@ class Context:
     operator_namespace: str
     ca: pki.KeyPair | None = None  # the operator CA, once read or created
     missing_kinds: set[str] = field(default_factory=set)  # APIs absent (cert-manager)
+    children: Children = field(default_factory=Children)  # kept current by informers
+    # PriorityClass tiers seen to exist, and when (monotonic): checked again after a while
+    priority_seen: dict[str, float] = field(default_factory=dict)
 
 
 def now_utc() -> dt.datetime:

@@ -1,8 +1,10 @@
-"""Workers that drain the work queue, plus the periodic resync.
+"""Workers that drain the work queue, plus the periodic resync and the child informers.
 
-kopf delivers watch events (handlers.py); this module keeps the latest body of each
-ModelDeployment, queues its key, and runs reconcile() for it — one worker per key at a
-time, errors retried with backoff, every key requeued each resync interval.
+kopf delivers the ModelDeployments' watch events (handlers.py); this module keeps the
+latest body of each, queues its key, and runs reconcile() for it — one worker per key at a
+time, errors retried with backoff, every key requeued each resync interval. Informers
+(one per child kind and namespace) keep ctx.children current and queue the owner of
+whatever changed; no reconcile runs before they have all listed once.
 """
 
 from __future__ import annotations
@@ -13,14 +15,21 @@ import time
 from typing import Any
 
 from modeldeploy import metrics, priorityclasses
+from modeldeploy.apply import PRUNABLE
 from modeldeploy.config import Config
+from modeldeploy.constants import LABEL_MANAGED_BY, MANAGED_BY
 from modeldeploy.context import Context
+from modeldeploy.informer import Informer, all_synced
+from modeldeploy.kube import kind_of
 from modeldeploy.reconcile import reconcile
 from modeldeploy.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # namespace, name
 MAX_BACKOFF = 60.0
+# Watched children: every kind a ModelDeployment may own, plus its pods (for status).
+WATCHED = [*PRUNABLE, kind_of("v1", "Pod")]
+OPTIONAL_KINDS = {"Certificate"}  # cert-manager's: may be absent or not allowed
 
 
 class Controller:
@@ -31,6 +40,14 @@ class Controller:
         self.queue = WorkQueue()
         self.failures: dict[Key, int] = {}
         self.active = asyncio.Event()  # set while this replica may write (leader)
+        self.synced = asyncio.Event()  # set once every informer has listed
+        namespaces: list[str | None] = [None] if config.all_namespaces else \
+            list(config.namespaces)
+        self.informers = [
+            Informer(ctx.kube, k, ns, {LABEL_MANAGED_BY: MANAGED_BY}, ctx.children,
+                     lambda owner: self.poke(*owner),
+                     ctx.missing_kinds if k.kind in OPTIONAL_KINDS else None)
+            for k in WATCHED for ns in namespaces]
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- fed by kopf's watch events ---
@@ -54,9 +71,20 @@ class Controller:
 
     # --- lifecycle ---
     def start(self) -> None:
+        for informer in self.informers:
+            self._spawn(informer.run())
+        self._spawn(self._wait_synced())
         for i in range(self.config.workers):
             self._spawn(self._worker(i))
         self._spawn(self._resync())
+
+    async def _wait_synced(self) -> None:
+        started = time.monotonic()
+        await all_synced(self.informers)
+        self.synced.set()
+        log.info("watching %d child kind(s) in %d scope(s): %d children listed in %.1fs",
+                 len(WATCHED), len(self.informers) // len(WATCHED), len(self.ctx.children),
+                 time.monotonic() - started)
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -70,7 +98,7 @@ class Controller:
 
     async def _cleanup(self) -> None:
         try:
-            deleted = await priorityclasses.cleanup(self.ctx.kube)
+            deleted = await priorityclasses.cleanup(self.ctx)
             if deleted:
                 log.info("deleted unused PriorityClasses: %s", ", ".join(deleted))
         except Exception:  # noqa: BLE001 - best effort, retried on the next deletion
@@ -91,6 +119,7 @@ class Controller:
             key = await self.queue.get()
             try:
                 await self.active.wait()
+                await self.synced.wait()
                 body = self.bodies.get(key)
                 if body is not None:
                     await self._reconcile(key, body)

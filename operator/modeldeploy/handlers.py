@@ -1,4 +1,6 @@
-"""Thin kopf wiring: watch events in, the controller's work queue does the rest.
+"""Thin kopf wiring: ModelDeployment watch events in, the controller's work queue does
+the rest (children are watched by the controller's own informers, which also serve
+reconcile's reads).
 
 Only event-watching handlers are used (no kopf create/update/daemon handlers), so kopf
 adds no finalizers and writes no annotations of its own: reconcile is the only writer,
@@ -18,9 +20,6 @@ from modeldeploy.config import CONFIG
 from modeldeploy.constants import (
     FIELD_MANAGER,
     GROUP,
-    LABEL_MANAGED_BY,
-    LABEL_NAME,
-    MANAGED_BY,
     PLURAL,
     VERSION,
 )
@@ -29,20 +28,6 @@ from modeldeploy.controller import Controller
 from modeldeploy.kube import Kube
 
 log = logging.getLogger(__name__)
-
-# Children whose changes (drift, deletion, status) should wake their owner's reconcile.
-WATCHED_CHILDREN = [
-    ("apps", "v1", "deployments"),
-    ("", "v1", "services"),
-    ("", "v1", "secrets"),
-    ("", "v1", "configmaps"),
-    ("", "v1", "pods"),
-    ("", "v1", "persistentvolumeclaims"),
-    ("networking.k8s.io", "v1", "ingresses"),
-    ("networking.k8s.io", "v1", "networkpolicies"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
-    ("policy", "v1", "poddisruptionbudgets"),
-]
 
 _controller: Controller | None = None
 
@@ -93,15 +78,3 @@ async def on_model_deployment(event: dict[str, Any], **_: Any) -> None:
     if not obj:
         return
     controller().observe(obj, deleted=event.get("type") == "DELETED")
-
-
-async def _on_child(event: dict[str, Any], **_: Any) -> None:
-    meta = (event.get("object") or {}).get("metadata") or {}
-    owner = (meta.get("labels") or {}).get(LABEL_NAME)
-    if owner and meta.get("namespace"):
-        controller().poke(meta["namespace"], owner)
-
-
-for _group, _version, _plural in WATCHED_CHILDREN:
-    kopf.on.event(_group, _version, _plural, id=f"child-{_plural}",
-                  labels={LABEL_MANAGED_BY: MANAGED_BY})(_on_child)

@@ -10,6 +10,7 @@ import logging
 from lightkube import ApiError
 
 from modeldeploy import pki
+from modeldeploy.apply import Observed
 from modeldeploy.constants import CA_SECRET_NAME, LABEL_MANAGED_BY, MANAGED_BY
 from modeldeploy.context import Context, now_utc, rfc3339
 from modeldeploy.kube import error_message, is_status, kind_of
@@ -56,11 +57,20 @@ async def ensure_ca(ctx: Context) -> pki.KeyPair:
     return ctx.ca
 
 
-async def gather(ctx: Context, spec: Spec, now: dt.datetime, problems: list[Cond]) -> Inputs:
+async def _own_secret(ctx: Context, observed: Observed, name: str, ns: str) -> dict | None:
+    """A Secret this resource generates (API keys, operator TLS): from the watched set,
+    read from the API server only while it is not there (keys are never regenerated
+    because a watch had not delivered them yet)."""
+    return observed.get(("v1", "Secret", name)) or await ctx.kube.get(SECRET, name, ns)
+
+
+async def gather(ctx: Context, spec: Spec, now: dt.datetime, problems: list[Cond],
+                 observed: Observed) -> Inputs:
     kube, ns = ctx.kube, spec.namespace
     keys: list[str] = []
     if spec.auth.enabled and spec.auth.generate:
-        keys = apikeys.choose_keys(spec, await kube.get(SECRET, spec.api_key_secret_name, ns))
+        keys = apikeys.choose_keys(spec, await _own_secret(ctx, observed,
+                                                         spec.api_key_secret_name, ns))
     elif spec.auth.enabled and await kube.get(SECRET, spec.api_key_secret_name, ns) is None:
         problems.append(Cond("Reconciled", "False", "ApiKeySecretMissing",
                              f"auth.apiKeys.secretName {spec.api_key_secret_name!r} does not "
@@ -74,7 +84,7 @@ async def gather(ctx: Context, spec: Spec, now: dt.datetime, problems: list[Cond
                                  f"cannot read or create the operator CA in namespace "
                                  f"{ctx.operator_namespace}: {error_message(exc)}"))
         else:
-            data = (await kube.get(SECRET, spec.tls_secret_name, ns) or {}).get("data")
+            data = (await _own_secret(ctx, observed, spec.tls_secret_name, ns) or {}).get("data")
             cert, key = _b64(data, "tls.crt"), _b64(data, "tls.key")
             if pki.needs_renewal(cert, tls.dns_names(spec), now, ca.cert_pem) or not key:
                 leaf = pki.issue(ca, tls.dns_names(spec), now)

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import contextvars
 import functools
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from lightkube import ApiError, AsyncClient
 from lightkube.core.resource_registry import resource_registry
-from lightkube.generic_resource import create_global_resource, create_namespaced_resource
+from lightkube.generic_resource import (
+    GenericGlobalResource,
+    GenericNamespacedResource,
+    create_api_info,
+    create_global_resource,
+    create_namespaced_resource,
+)
 from lightkube.types import PatchType
 
 from modeldeploy import metrics
@@ -64,13 +71,22 @@ def kind_of(api_version: str, kind: str) -> Kind:
 
 @functools.cache
 def _resource(k: Kind) -> Any:
-    # Built-in kinds use lightkube's own classes (registered once per process); CRD kinds
-    # (ours, cert-manager's) get generic ones.
+    # For the status subresource (lightkube builds it with the class): built-in kinds use
+    # lightkube's own classes (registered once per process), CRD kinds generic ones.
     try:
         return resource_registry.load(k.api_version, k.kind)
     except Exception:  # noqa: BLE001 - lightkube raises a plain error for unknown kinds
         create = create_namespaced_resource if k.namespaced else create_global_resource
         return create(k.group, k.version, k.kind, k.plural)
+
+
+@functools.cache
+def _raw(k: Kind) -> Any:
+    """A dict-backed resource class (not registered with lightkube): requests and watch
+    events of thousands of children skip building and unbuilding lightkube's typed models."""
+    base = GenericNamespacedResource if k.namespaced else GenericGlobalResource
+    return type(f"Raw{k.kind}", (base,),
+                {"_api_info": create_api_info(k.group, k.version, k.kind, k.plural)})
 
 
 def is_status(exc: Exception, *codes: int) -> bool:
@@ -107,7 +123,7 @@ class Kube:
 
     async def get(self, k: Kind, name: str, namespace: str | None = None) -> dict | None:
         try:
-            obj = await self.client.get(_resource(k), name, namespace=namespace)
+            obj = await self.client.get(_raw(k), name, namespace=namespace)
         except ApiError as exc:
             if is_status(exc, 404):
                 return None
@@ -119,14 +135,33 @@ class Kube:
         kwargs: dict[str, Any] = {"labels": labels} if labels else {}
         if k.namespaced:
             kwargs["namespace"] = namespace if namespace is not None else "*"
-        return [_plain(o, k) async for o in self.client.list(_resource(k), **kwargs)]
+        return [_plain(o, k) async for o in self.client.list(_raw(k), **kwargs)]
+
+    async def list_versioned(self, k: Kind, namespace: str | None,
+                             labels: dict[str, str]) -> tuple[list[dict], str]:
+        """A listing and the resourceVersion to watch from (informer.py)."""
+        kwargs: dict[str, Any] = {"labels": labels}
+        if k.namespaced:
+            kwargs["namespace"] = namespace if namespace is not None else "*"
+        listing = self.client.list(_raw(k), **kwargs)
+        items = [_plain(o, k) async for o in listing]
+        return items, listing.resourceVersion
+
+    async def watch(self, k: Kind, namespace: str | None, labels: dict[str, str],
+                    resource_version: str) -> AsyncIterator[tuple[str, dict]]:
+        """Changes after `resource_version`; raises on any error (the caller lists again)."""
+        kwargs: dict[str, Any] = {"labels": labels, "resource_version": resource_version}
+        if k.namespaced:
+            kwargs["namespace"] = namespace if namespace is not None else "*"
+        async for event, obj in self.client.watch(_raw(k), **kwargs):
+            yield event, _plain(obj, k)
 
     async def apply(self, obj: dict[str, Any]) -> dict:
         k = kind_of(obj["apiVersion"], obj["kind"])
         self._write("apply", k.kind)
         meta = obj["metadata"]
         res = await self.client.patch(
-            _resource(k), meta["name"], obj, namespace=meta.get("namespace"),
+            _raw(k), meta["name"], obj, namespace=meta.get("namespace"),
             patch_type=PatchType.APPLY, field_manager=FIELD_MANAGER, force=True,
         )
         return dict(res.to_dict())
@@ -134,7 +169,7 @@ class Kube:
     async def create(self, obj: dict[str, Any]) -> dict:
         k = kind_of(obj["apiVersion"], obj["kind"])
         self._write("create", k.kind)
-        res = await self.client.create(_resource(k).from_dict(obj),
+        res = await self.client.create(_raw(k)(obj),
                                        namespace=obj["metadata"].get("namespace"),
                                        field_manager=FIELD_MANAGER)
         return dict(res.to_dict())
@@ -143,7 +178,7 @@ class Kube:
         """PUT with the object's resourceVersion (optimistic concurrency)."""
         k = kind_of(obj["apiVersion"], obj["kind"])
         self._write("replace", k.kind)
-        res = await self.client.replace(_resource(k).from_dict(obj),
+        res = await self.client.replace(_raw(k)(obj),
                                         namespace=obj["metadata"].get("namespace"),
                                         field_manager=FIELD_MANAGER)
         return dict(res.to_dict())
@@ -151,7 +186,7 @@ class Kube:
     async def delete(self, k: Kind, name: str, namespace: str | None = None) -> None:
         self._write("delete", k.kind)
         try:
-            await self.client.delete(_resource(k), name, namespace=namespace)
+            await self.client.delete(_raw(k), name, namespace=namespace)
         except ApiError as exc:
             if not is_status(exc, 404):
                 raise

@@ -24,7 +24,6 @@ from modeldeploy.render.meta import selector_labels
 from modeldeploy.spec import Spec, parse
 
 log = logging.getLogger(__name__)
-POD = kind_of("v1", "Pod")
 MD = kind_of(API_VERSION, KIND)
 
 # PRUNABLE is re-exported: the chart's RBAC test reads it from here.
@@ -57,7 +56,8 @@ async def reconcile(ctx: Context, body: dict[str, Any]) -> Result:
 async def _reconcile(ctx: Context, body: dict[str, Any], spec: Spec, now: dt.datetime,
                      result: Result) -> None:
     problems: list[status.Cond] = []
-    facts = await inputs.gather(ctx, spec, now, problems)
+    observed = apply.observe(ctx, spec)
+    facts = await inputs.gather(ctx, spec, now, problems, observed)
     children = [stamp(c) for c in desired(spec, facts)]
     try:
         await priorityclasses.ensure(ctx, spec.qos.priority)
@@ -65,7 +65,6 @@ async def _reconcile(ctx: Context, body: dict[str, Any], spec: Spec, now: dt.dat
         problems.append(status.Cond("Reconciled", "False", "PriorityClassFailed",
                                     f"PriorityClass {qos.name(spec.qos.priority)}: "
                                     f"{error_message(exc)}"))
-    observed = await apply.observe(ctx, spec)
     failures = await apply.apply_set(ctx, children, observed)
     cert_failure = next((f for f in failures if f.startswith("Certificate ")), None)
     if cert_failure:
@@ -76,7 +75,9 @@ async def _reconcile(ctx: Context, body: dict[str, Any], spec: Spec, now: dt.dat
         problems.append(status.Cond("Reconciled", "False", "ApplyFailed", "; ".join(failures)))
     await apply.prune(ctx, spec, children, observed)
 
-    pods = await ctx.kube.list(POD, spec.namespace, selector_labels(spec))
+    pods = [o for (_, kind, _), o in
+            ctx.children.of(spec.namespace, spec.name, selector_labels(spec)).items()
+            if kind == "Pod"]
     obs = status.Observed(
         generation=body["metadata"].get("generation", 0),
         deployment=observed.get(("apps/v1", "Deployment", spec.name)),

@@ -210,12 +210,12 @@ def test_rbac_covers_what_the_operator_touches() -> None:
 
     Reads the operator's own tables, so a new child kind without a rule fails here.
     """
-    from modeldeploy.handlers import WATCHED_CHILDREN
+    from modeldeploy.controller import WATCHED
     from modeldeploy.reconcile import PRUNABLE
 
     docs = render()
-    for group, _version, plural in WATCHED_CHILDREN:
-        assert {"list", "watch"} <= allowed(docs, group, plural), plural
+    for k in WATCHED:  # the informers: list, then watch
+        assert {"list", "watch"} <= allowed(docs, k.group, k.plural), k.plural
     for k in PRUNABLE:
         # server-side apply: `create` for a new object, `patch` for an existing one
         assert {"list", "create", "patch", "delete"} <= allowed(docs, k.group, k.plural), \

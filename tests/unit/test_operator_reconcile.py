@@ -93,6 +93,8 @@ def body(spec: dict[str, Any], generation: int = 1) -> dict[str, Any]:
 
 def run(kube: FakeKube, b: dict[str, Any]) -> None:
     ctx = Context(kube=kube, operator_namespace="ops")  # type: ignore[arg-type]
+    for obj in kube.objects.values():  # what the informers would have delivered
+        ctx.children.put(copy.deepcopy(obj))
     asyncio.run(reconcile(ctx, b))
 
 

@@ -34,9 +34,18 @@ CHILD_KINDS = ("deployments,services,secrets,configmaps,networkpolicies,ingresse
 
 @pytest.fixture(scope="session")
 def crd(kubectl: Kubectl) -> None:
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s",
-            "crd/modeldeployments.modeldeploy.io")
+    # Right after a fresh start the API server may still refuse a CRD for a moment (once
+    # seen on the first test of a run); a few tries, then the last error.
+    for attempt in range(3):
+        try:
+            kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+            kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/modeldeployments.modeldeploy.io")
+            return
+        except AssertionError:
+            if attempt == 2:
+                raise
+            time.sleep(3)
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -109,7 +109,9 @@ class Engine:
         self._inbox: queue.Queue[Request | None] = queue.Queue()
         self._waiting: deque[Request] = deque()
         self._rows: list[Request] = []
-        self._kv: kvops.KV = []
+        self._cache: kvops.SlabCache | None = None  # the running batch's KV, in place
+        # prefilled requests waiting to be stacked into the batch in one copy
+        self._joining: list[tuple[Request, kvops.KV, torch.Tensor, int]] = []
         self._mask: torch.Tensor | None = None
         self._pos: torch.Tensor | None = None     # next position per row
         self._last: torch.Tensor | None = None    # next input token per row
@@ -148,15 +150,17 @@ class Engine:
         torch.set_grad_enabled(False)
         while not self._stopping:
             try:
-                self._drain(block=not self._rows and not self._waiting)
+                self._drain(block=not self._rows and not self._waiting and not self._joining)
                 self._admit()
                 if self._rows:
                     self._decode_step()
             except Exception as exc:  # never let the loop die: fail the batch, go on
                 log.exception("engine step failed")
-                for r in self._rows + list(self._waiting):
+                failed = self._rows + [j[0] for j in self._joining] + list(self._waiting)
+                for r in failed:
                     r.emit(ErrorEvent(f"generation failed: {type(exc).__name__}: {exc}"))
                 self._waiting.clear()
+                self._joining = []
                 self._reset_batch()
 
     def _drain(self, block: bool) -> None:
@@ -174,7 +178,7 @@ class Engine:
 
     def _admit(self) -> None:
         now = time.monotonic()
-        while self._waiting and len(self._rows) < self.max_batch_size:
+        while self._waiting and len(self._rows) + len(self._joining) < self.max_batch_size:
             req = self._waiting.popleft()
             if req.cancelled:
                 req.emit(ErrorEvent("cancelled", "cancelled"))
@@ -190,6 +194,7 @@ class Engine:
             except Exception as exc:
                 log.exception("prefill failed")
                 req.emit(ErrorEvent(f"generation failed: {type(exc).__name__}: {exc}"))
+        self._join()
         # requests cancelled while waiting for a slot leave the queue at once
         for req in [r for r in self._waiting if r.cancelled]:
             self._waiting.remove(req)
@@ -200,10 +205,10 @@ class Engine:
         if self._fail_marker and self._fail_marker in self.tokenizer.decode(ids):
             raise RuntimeError("injected failure (MODELSERVER_TEST_FAIL_MARKER)")
         reuse, cached = self.prefix.lookup(ids)
-        cache = kvops.from_tensors(cached) if cached else None
+        # sized for the whole prompt up front: chunks write in place, and the views handed
+        # to the prefix cache below are exactly the prompt (no spare capacity kept alive)
+        cache = kvops.from_tensors(cached or [], capacity=len(ids))
         req.cached_tokens = reuse
-        if cache is None:
-            cache = kvops.from_tensors([])
         # chunked prefill: attention over a chunk needs chunk × total scores, not total²,
         # so a 30k-token prompt fits in memory; only the last position's logits are kept
         out = None
@@ -215,29 +220,42 @@ class Engine:
                 position_ids=torch.arange(start, end, device=self.device).unsqueeze(0),
                 **{self._cache_kw: cache}, use_cache=True, logits_to_keep=1,
             )
-            cache = _out_cache(out)
             if req.cancelled:
                 req.emit(ErrorEvent("cancelled", "cancelled"))
                 return
-            if end < len(ids) and self._rows:
+            if end < len(ids) and (self._rows or self._joining):
+                self._join()
                 self._decode_step()  # running streams keep flowing during a long prefill
         mask = torch.ones(1, len(ids), dtype=torch.long, device=self.device)
         self.stats.prefill_tokens += len(ids) - reuse
         self.stats.cached_tokens += reuse
-        new_kv = kvops.to_tensors(_out_cache(out))
+        new_kv = cache.tensors()
         self.prefix.store(ids, new_kv)
         token, logprob = self._pick(req, out.logits[0, -1])
         if self._accept(req, token, logprob):
             return  # finished on its first token: never joins the batch
-        last = torch.tensor([token], device=self.device)
-        p = torch.tensor([len(ids)], device=self.device)
-        if not self._rows:
-            self._kv, self._mask, self._pos, self._last = new_kv, mask, p, last
-        else:
-            self._kv, self._mask = kvops.merge(self._kv, self._mask, new_kv, mask)
-            self._pos = torch.cat([self._pos, p])
-            self._last = torch.cat([self._last, last])
-        self._rows.append(req)
+        self._joining.append((req, new_kv, mask, token))
+
+    def _join(self) -> None:
+        """Stack the requests prefilled since the last step into the batch (one copy)."""
+        joining = [j for j in self._joining if not j[0].cancelled]
+        for req, *_ in self._joining:
+            if req.cancelled:
+                req.emit(ErrorEvent("cancelled", "cancelled"))
+        self._joining = []
+        if not joining:
+            return
+        parts: list[tuple[kvops.KV, torch.Tensor]] = []
+        if self._rows:
+            parts.append((self._cache.tensors(), self._mask))
+        parts += [(kv, mask) for _, kv, mask, _ in joining]
+        old_cap = self._cache.layers[0].capacity if self._rows else 0
+        self._cache, self._mask = kvops.merge_many(parts, old_cap)
+        pos = torch.tensor([m.shape[1] for _, _, m, _ in joining], device=self.device)
+        last = torch.tensor([t for *_, t in joining], device=self.device)
+        self._pos = torch.cat([self._pos, pos]) if self._rows else pos
+        self._last = torch.cat([self._last, last]) if self._rows else last
+        self._rows += [req for req, *_ in joining]
         self.stats.batch_size = len(self._rows)
 
     def _decode_step(self) -> None:
@@ -256,14 +274,14 @@ class Engine:
             if not self._rows:
                 return
         mask = torch.cat([self._mask, self._mask.new_ones(len(self._rows), 1)], dim=1)
+        # the cache is written in place: one new column per layer, no copy of the past
         out = self.model(
             input_ids=self._last.unsqueeze(1), attention_mask=mask,
-            position_ids=self._pos.unsqueeze(1), **{self._cache_kw: kvops.from_tensors(self._kv)},
+            position_ids=self._pos.unsqueeze(1), **{self._cache_kw: self._cache},
             use_cache=True,
         )
         self.stats.steps += 1
         self.stats.step_rows += len(self._rows)
-        self._kv = kvops.to_tensors(_out_cache(out))
         self._mask = mask
         self._pos = self._pos + 1
         logits = out.logits[:, -1, :]
@@ -352,13 +370,14 @@ class Engine:
         if not keep:
             self._reset_batch()
             return
-        self._kv, self._mask = kvops.select(self._kv, self._mask, keep)
+        self._cache, self._mask = kvops.select(
+            self._cache.tensors(), self._mask, keep, self._cache.layers[0].capacity)
         self._pos = self._pos.index_select(0, torch.tensor(keep, device=self.device))
         self._rows = [self._rows[i] for i in keep]
         self.stats.batch_size = len(self._rows)
 
     def _reset_batch(self) -> None:
-        self._rows, self._kv = [], []
+        self._rows, self._cache = [], None
         self._mask = self._pos = self._last = None
         self.stats.batch_size = 0
 
@@ -393,11 +412,6 @@ class Engine:
             cached_tokens=req.cached_tokens, prefill=prefill, seed=p.seed,
         ))
         return True
-
-
-def _out_cache(out: Any) -> Any:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ class Context:
     kube: Kube
     operator_namespace: str
     ca: pki.KeyPair | None = None  # the operator CA, once read or created
+    ca_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     missing_kinds: set[str] = field(default_factory=set)  # APIs absent (cert-manager)
     children: Children = field(default_factory=Children)  # kept current by informers
     # PriorityClass tiers seen to exist, and when (monotonic): checked again after a while

@@ -31,6 +31,13 @@ async def ensure_ca(ctx: Context) -> pki.KeyPair:
     """The operator's CA: read from its Secret, created there once if missing."""
     if ctx.ca is not None:
         return ctx.ca
+    async with ctx.ca_lock:  # the first reconciles run together: one of them reads it
+        if ctx.ca is None:
+            ctx.ca = await _read_or_create_ca(ctx)
+    return ctx.ca
+
+
+async def _read_or_create_ca(ctx: Context) -> pki.KeyPair:
     secret = await ctx.kube.get(SECRET, CA_SECRET_NAME, ctx.operator_namespace)
     if secret is None:
         ca = pki.create_ca(now_utc())
@@ -49,12 +56,10 @@ async def ensure_ca(ctx: Context) -> pki.KeyPair:
                 raise
             secret = await ctx.kube.get(SECRET, CA_SECRET_NAME, ctx.operator_namespace)
         else:
-            ctx.ca = ca
             return ca
     assert secret is not None
     data = secret.get("data") or {}
-    ctx.ca = pki.KeyPair(_b64(data, "tls.crt") or "", _b64(data, "tls.key") or "")
-    return ctx.ca
+    return pki.KeyPair(_b64(data, "tls.crt") or "", _b64(data, "tls.key") or "")
 
 
 async def _own_secret(ctx: Context, observed: Observed, name: str, ns: str) -> dict | None:

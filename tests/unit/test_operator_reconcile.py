@@ -146,3 +146,22 @@ def test_keys_and_certificate_are_stable_across_resyncs() -> None:
     run(kube, b)
     assert kube.objects[("Secret", "ns", "m-api-keys")]["data"]["keys"] == keys
     assert kube.objects[("Secret", "ns", "m-tls")]["data"]["tls.crt"] == cert
+
+
+def test_concurrent_first_reconciles_create_the_ca_once() -> None:
+    from modeldeploy.inputs import ensure_ca
+
+    class SlowKube(FakeKube):  # a real GET yields to the other reconciles
+        async def get(self, k: Kind, name: str, namespace: str | None = None) -> dict | None:
+            await asyncio.sleep(0.01)
+            return await super().get(k, name, namespace)
+
+    kube = SlowKube()
+    ctx = Context(kube=kube, operator_namespace="ops")  # type: ignore[arg-type]
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(ensure_ca(ctx) for _ in range(4)))
+    cas = asyncio.run(main())
+    assert [w for w in kube.writes if w[1] == "Secret"] == [("create", "Secret",
+                                                              "modeldeploy-ca")]
+    assert all(ca is cas[0] for ca in cas)

@@ -108,14 +108,16 @@ def pct(xs: list[float], q: float) -> float:
 class Operator:
     """`python -m modeldeploy run` as a subprocess, with an RSS sampler."""
 
-    def __init__(self, namespace: str, kubeconfig: str, resync: float, log: Path) -> None:
+    def __init__(self, namespace: str, kubeconfig: str, resync: float, log: Path,
+                 workers: int = 0) -> None:
         self.port = free_port()
         env = {**os.environ, "KUBECONFIG": kubeconfig, "PYTHONUNBUFFERED": "1"}
         self.log = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "modeldeploy", "run", "--namespace", namespace,
              "--operator-namespace", namespace, "--resync-seconds", str(resync),
-             "--metrics-port", str(self.port)],
+             "--metrics-port", str(self.port),
+             *(["--workers", str(workers)] if workers else [])],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.peak_rss = 0
         self._stop = threading.Event()
@@ -246,7 +248,7 @@ def wait_settled(op: Operator, quiet: float = 3.0, timeout: float = 300) -> floa
 
 
 def run_one(n: int, kubeconfig: str, resync: float, timeout: float, logdir: Path,
-            keep: bool = False) -> dict[str, Any]:
+            keep: bool = False, workers: int = 0) -> dict[str, Any]:
     from lightkube import Client, KubeConfig
     from lightkube.generic_resource import create_namespaced_resource
     from lightkube.models.meta_v1 import ObjectMeta
@@ -259,8 +261,9 @@ def run_one(n: int, kubeconfig: str, resync: float, timeout: float, logdir: Path
     ns = f"bench-n{n}-{uuid.uuid4().hex[:6]}"
     client.create(Namespace(metadata=ObjectMeta(name=ns)))
     result: dict[str, Any] = {"n": n, "namespace": ns, "children_per_cr": len(kids),
+                              "workers": workers or "default",
                               "resync_seconds": resync, "timeout_seconds": timeout}
-    op = Operator(ns, kubeconfig, resync, logdir / f"operator-{n}.log")
+    op = Operator(ns, kubeconfig, resync, logdir / f"operator-{n}.log", workers)
     try:
         op.scrape()  # up and serving metrics
         time.sleep(1.0)  # its watches are open
@@ -342,7 +345,8 @@ def run_one(n: int, kubeconfig: str, resync: float, timeout: float, logdir: Path
         # restart: a new process must reconcile all n again
         op.stop()
         t_restart = time.monotonic()
-        op = Operator(ns, kubeconfig, max(resync, 300.0), logdir / f"operator-{n}-restart.log")
+        op = Operator(ns, kubeconfig, max(resync, 300.0), logdir / f"operator-{n}-restart.log",
+                      workers)
         op.scrape()
         while op.reconciles() < n and time.monotonic() < t_restart + timeout:
             time.sleep(0.2)
@@ -357,8 +361,12 @@ def run_one(n: int, kubeconfig: str, resync: float, timeout: float, logdir: Path
     finally:
         op.stop()
         if not keep:
+            # Wait for the garbage collector: deleting N CRs' children and pods is heavy
+            # work for the control plane, and the next N must not be measured beside it.
+            t_del = time.monotonic()
             subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "delete", "namespace", ns,
-                            "--wait=false"], capture_output=True)
+                            "--timeout=600s"], capture_output=True)
+            result["cleanup_seconds"] = round(time.monotonic() - t_del, 1)
     return result
 
 
@@ -384,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=600.0, help="per N, for convergence")
     p.add_argument("--add-nodes", type=int, default=0,
                    help="add this many 250-pod fake nodes first (bench cluster only)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="the operator's --workers (default: its own default)")
     p.add_argument("--out", default="")
     p.add_argument("--logdir", default="")
     args = p.parse_args(argv)
@@ -396,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         add_nodes(args.kubeconfig, args.add_nodes)
     results = []
     for n in args.sizes:
-        r = run_one(n, args.kubeconfig, args.resync_seconds, args.timeout, logdir)
+        r = run_one(n, args.kubeconfig, args.resync_seconds, args.timeout, logdir,
+                    workers=args.workers)
         print(json.dumps({k: v for k, v in r.items()
                           if not isinstance(v, dict)}), flush=True)
         results.append(r)

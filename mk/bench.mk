@@ -7,13 +7,13 @@
 # BENCH_QWEN_OUT_TOKENS=128 (hours on 2 CPUs).
 BENCH_OUT := benchmarks/results
 BENCH_KUBECONFIG := $(CURDIR)/.cache/cluster-bench/kubeconfig
-BENCH_SIZES ?= 10 100 200 1000
+BENCH_SIZES ?= 10 100 1000
 BENCH_TIMEOUT ?= 240
 BENCH_LEVELS ?= 1 2 4 8 16 32
 BENCH_OUT_TOKENS ?= 128
 BENCH_QWEN_LEVELS ?= 1 8
 BENCH_QWEN_OUT_TOKENS ?= 16
-BENCH_THREADS ?= 1
+BENCH_THREADS ?= 2
 export BENCH_THREADS
 
 .PHONY: bench bench-operator bench-server bench-gpu

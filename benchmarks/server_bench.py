@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from procs import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench-models"
 
@@ -402,13 +404,7 @@ class Server:
 
     def stop(self) -> None:
         self.rss.stop()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 30)
         self.log.close()
 
 

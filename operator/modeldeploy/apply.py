@@ -36,6 +36,7 @@ PRUNABLE: list[Kind] = [
     kind_of("cert-manager.io/v1", "Certificate"),
 ]
 
+_PRUNABLE_KEYS = {(k.api_version, k.kind) for k in PRUNABLE}
 Observed = dict[Key, dict[str, Any]]
 
 
@@ -47,9 +48,8 @@ def owned_by(obj: dict[str, Any], uid: str) -> bool:
 def observe(ctx: Context, spec: Spec) -> Observed:
     """The live children of one ModelDeployment, by (apiVersion, kind, name)."""
     labels = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_NAME: spec.name}
-    prunable = {(k.api_version, k.kind) for k in PRUNABLE}
     return {key: obj for key, obj in ctx.children.of(spec.namespace, spec.name, labels).items()
-            if key[:2] in prunable}
+            if key[:2] in _PRUNABLE_KEYS}
 
 
 async def apply_set(ctx: Context, children: list[dict[str, Any]],

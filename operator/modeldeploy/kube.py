@@ -89,6 +89,13 @@ def _raw(k: Kind) -> Any:
                 {"_api_info": create_api_info(k.group, k.version, k.kind, k.plural)})
 
 
+def _scope(k: Kind, namespace: str | None) -> dict[str, str]:
+    """lightkube's namespace argument for a list or watch: None means every namespace."""
+    if not k.namespaced:
+        return {}
+    return {"namespace": namespace if namespace is not None else "*"}
+
+
 def is_status(exc: Exception, *codes: int) -> bool:
     """Whether an API error (or a bare HTTP error from a streamed list) has these codes."""
     code = getattr(getattr(exc, "status", None), "code", None)
@@ -133,27 +140,22 @@ class Kube:
     async def list(self, k: Kind, namespace: str | None,
                    labels: dict[str, str] | None = None) -> list[dict]:
         kwargs: dict[str, Any] = {"labels": labels} if labels else {}
-        if k.namespaced:
-            kwargs["namespace"] = namespace if namespace is not None else "*"
-        return [_plain(o, k) async for o in self.client.list(_raw(k), **kwargs)]
+        return [_plain(o, k) async for o in self.client.list(_raw(k), **kwargs,
+                                                              **_scope(k, namespace))]
 
     async def list_versioned(self, k: Kind, namespace: str | None,
                              labels: dict[str, str]) -> tuple[list[dict], str]:
         """A listing and the resourceVersion to watch from (informer.py)."""
-        kwargs: dict[str, Any] = {"labels": labels}
-        if k.namespaced:
-            kwargs["namespace"] = namespace if namespace is not None else "*"
-        listing = self.client.list(_raw(k), **kwargs)
+        listing = self.client.list(_raw(k), labels=labels, **_scope(k, namespace))
         items = [_plain(o, k) async for o in listing]
         return items, listing.resourceVersion
 
     async def watch(self, k: Kind, namespace: str | None, labels: dict[str, str],
                     resource_version: str) -> AsyncIterator[tuple[str, dict]]:
         """Changes after `resource_version`; raises on any error (the caller lists again)."""
-        kwargs: dict[str, Any] = {"labels": labels, "resource_version": resource_version}
-        if k.namespaced:
-            kwargs["namespace"] = namespace if namespace is not None else "*"
-        async for event, obj in self.client.watch(_raw(k), **kwargs):
+        async for event, obj in self.client.watch(_raw(k), labels=labels,
+                                                  resource_version=resource_version,
+                                                  **_scope(k, namespace)):
             yield event, _plain(obj, k)
 
     async def apply(self, obj: dict[str, Any]) -> dict:

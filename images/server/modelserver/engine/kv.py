@@ -115,17 +115,9 @@ class SlabCache(DynamicCache):
         return [(layer.keys, layer.values) for layer in self.layers]
 
 
-def to_tensors(cache: DynamicCache) -> KV:
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
 def from_tensors(kv: KV, capacity: int = 0) -> SlabCache:
     """A cache holding a copy of `kv` (callers' tensors are never written)."""
     return SlabCache(kv, capacity)
-
-
-def seq_len(kv: KV) -> int:
-    return kv[0][0].shape[-2] if kv else 0
 
 
 def crop(kv: KV, length: int) -> KV:
@@ -172,14 +164,6 @@ def merge_many(
     cache = SlabCache.__new__(SlabCache)
     Cache.__init__(cache, layers=layers)
     return cache, mask
-
-
-def merge(
-    a: KV, mask_a: torch.Tensor, b: KV, mask_b: torch.Tensor
-) -> tuple[KV, torch.Tensor]:
-    """Concatenate two left-padded batches along the batch dimension."""
-    cache, mask = merge_many([(a, mask_a), (b, mask_b)])
-    return cache.tensors(), mask
 
 
 def select(kv: KV, mask: torch.Tensor, rows: list[int],

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kwok, kwokctl) and helm from their Go modules at the versions pinned in
-# hack/*/go.mod. Binaries are cached by version under .cache/bin: a second run builds
+# kube-scheduler, kwok, kwokctl), the real node (kubelet, kube-proxy, crictl, the pause
+# process, CoreDNS) and helm from their Go modules at the versions pinned in hack/*/go.mod. Binaries are cached by version under .cache/bin: a second run builds
 # nothing. A cold build takes many minutes on 2 cores; progress is printed per binary.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/versions.sh"
@@ -36,6 +36,15 @@ if [[ "$want" == all || "$want" == cluster ]]; then
   build etcd . "$ETCD_BIN/etcd"
   build kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_BIN/kwok"
   build kwok sigs.k8s.io/kwok/cmd/kwokctl "$KWOK_BIN/kwokctl"
+fi
+if [[ "$want" == all || "$want" == node ]]; then
+  for b in kubelet kube-proxy; do
+    build kube "k8s.io/kubernetes/cmd/$b" "$KUBE_BIN/$b" "$kube_ld"
+  done
+  build crictl sigs.k8s.io/cri-tools/cmd/crictl "$CRICTL_BIN/crictl"
+  CGO_ENABLED=0 build coredns github.com/coredns/coredns "$COREDNS_BIN/coredns"
+  # Static: it runs alone in an image with no libc.
+  CGO_ENABLED=0 build pause . "$PAUSE_BIN"
 fi
 if [[ "$want" == all || "$want" == helm ]]; then
   build helm helm.sh/helm/v3/cmd/helm "$HELM_BIN/helm" "$helm_ld"

@@ -1,0 +1,4 @@
+// The real node's sandbox (pause) process: standard library only.
+module modeldeploy.io/hack/pause
+
+go 1.26

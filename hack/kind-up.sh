@@ -10,10 +10,15 @@ if ! docker info >/dev/null 2>&1; then
 fi
 command -v kind >/dev/null || { echo "kind-up: install kind first (go install sigs.k8s.io/kind@v0.33.0)" >&2; exit 1; }
 kind get clusters | grep -qx modeldeploy || kind create cluster --name modeldeploy --image "kindest/node:$KUBE_VERSION"
-make -C "$ROOT_DIR" images
-tag="$(awk '/^appVersion:/ {gsub(/"/, "", $2); print $2}' "$ROOT_DIR/charts/modeldeploy/Chart.yaml")"
-kind load docker-image --name modeldeploy "ghcr.io/modeldeploy/operator:$tag" "ghcr.io/modeldeploy/modelserver:$tag"
+# The same images as the local cluster's real node runs (buildah, hack/images.sh).
+bash "$HACK_DIR/images.sh" build operator server
+for ref in "$OPERATOR_IMAGE" "$SERVER_IMAGE"; do
+  archive="$(mktemp)"
+  buildah push --quiet "$ref" "docker-archive:$archive:$ref" >/dev/null
+  kind load image-archive --name modeldeploy "$archive"
+  rm -f "$archive"
+done
 bash "$HACK_DIR/build.sh" helm
 "$HELM_BIN/helm" upgrade --install modeldeploy "$ROOT_DIR/charts/modeldeploy" \
-  --namespace modeldeploy-system --create-namespace --set image.tag="$tag"
+  --namespace modeldeploy-system --create-namespace --set image.tag="$APP_VERSION"
 echo "kind cluster 'modeldeploy' ready: kubectl apply -f $ROOT_DIR/examples/"

@@ -18,6 +18,11 @@ DEFAULT_IMAGE = f"ghcr.io/modeldeploy/modelserver:{__version__}"
 VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
 TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.6"
 
+# The unprivileged user of both images: their Dockerfiles read this number when they
+# create the user, and the pods the operator renders run as it (the chart's default
+# podSecurityContext too), so a pod never runs as a user its image does not have.
+IMAGE_UID = 10001
+
 FIELD_MANAGER = "modeldeploy"
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -41,6 +46,9 @@ TLS_DIR = "/etc/modelserver/tls"
 AUTH_DIR = "/etc/modelserver/auth"
 CACHE_DIR = "/var/cache/modelserver"
 PVC_MODELS_DIR = "/models"
+# $HOME of every engine's container: an emptyDir, since the root filesystem is read-only
+# and torch, Triton, vLLM and the Hugging Face libraries write caches under $HOME.
+HOME_DIR = "/home/model"
 
 PRIORITY_TIERS: dict[str, int] = {
     "critical": 1_000_000,

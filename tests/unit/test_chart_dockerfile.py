@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.unit
 
@@ -59,13 +60,20 @@ def test_multi_stage_pinned_bases() -> None:
     assert "COPY --from=build" in " ".join(f"{w} {a}" for w, a in ins)
 
 
-def test_runs_as_numeric_non_root_user() -> None:
-    users = [a for w, a in instructions() if w == "USER"]
-    assert users, "no USER: the image would run as root"
-    uid = users[-1].split(":")[0]
-    assert uid.isdigit() and int(uid) >= 1000, users[-1]
-    # The chart's podSecurityContext expects the same uid.
-    assert f"runAsUser: {uid}" in (ROOT / "charts/modeldeploy/values.yaml").read_text()
+def test_runs_as_the_constant_non_root_user() -> None:
+    """The image's user is created with modeldeploy.constants.IMAGE_UID (read at build
+    time, not written here again) and the chart's pod runs as that number."""
+    from modeldeploy.constants import IMAGE_UID
+
+    ins = instructions()
+    users = [a for w, a in ins if w == "USER"]
+    assert users and users[-1] not in ("root", "0"), "the image would run as root"
+    run = " ".join(a for w, a in ins if w == "RUN")
+    assert "from modeldeploy.constants import IMAGE_UID" in run
+    assert 'useradd --system --uid "$uid"' in run and users[-1] in run
+    assert not re.search(r"\b10001\b", DOCKERFILE.read_text()), "the uid is defined once"
+    values = yaml.safe_load((ROOT / "charts/modeldeploy/values.yaml").read_text())
+    assert values["podSecurityContext"]["runAsUser"] == IMAGE_UID
 
 
 def test_only_the_operator_is_copied() -> None:

@@ -37,4 +37,9 @@ def test_multi_stage_pinned_non_root():
     assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base), base
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and not users[-1].startswith(("root", "0")), users
+    # The user is made with modeldeploy.constants.IMAGE_UID, the number the operator's
+    # pods run as; it is not written here a second time.
+    assert "from modeldeploy.constants import IMAGE_UID" in text
+    assert "--uid \"$uid\"" in text and "useradd" in text
+    assert not re.search(r"\b10001\b", text)
     assert re.search(r'^ENTRYPOINT \["modelserver"\]', text, re.M)

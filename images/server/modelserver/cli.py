@@ -14,6 +14,23 @@ from .config import ConfigError, Settings, settings_from_args
 
 log = logging.getLogger("modelserver")
 
+# The kubelet's default terminationMessagePath: what is written there becomes the
+# container's termination message in the pod's status (`kubectl describe`).
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def stop(code: int, message: str) -> int:
+    """Say why the process stops: on stderr, and in the termination message when running
+    in a container (the file exists only there: nothing is created on a host)."""
+    print(message, file=sys.stderr)
+    if os.path.exists(TERMINATION_LOG):
+        try:
+            with open(TERMINATION_LOG, "w") as f:
+                f.write(message[-4000:])  # the kubelet keeps at most 4096 bytes
+        except OSError:
+            pass
+    return code
+
 
 def _setup_logging(level: str, redact: bool) -> None:
     logging.basicConfig(
@@ -85,8 +102,7 @@ def serve(settings: Settings) -> int:
     app.state.service.on_fatal = fatal
     server.run()
     if failed:
-        print(f"modelserver: cannot serve: {failed[0]}", file=sys.stderr)
-        return 1
+        return stop(1, f"modelserver: cannot serve: {failed[0]}")
     return 0
 
 
@@ -94,14 +110,12 @@ def fetch_cmd(settings: Settings) -> int:
     from .fetch import FetchError, fetch
 
     if not settings.model:
-        print("modelserver fetch: --model is required", file=sys.stderr)
-        return 2
+        return stop(2, "modelserver fetch: --model is required")
     try:
         model = fetch(settings.model, settings.revision, settings.model_cache_dir,
                       settings.checksum)
     except FetchError as exc:
-        print(f"modelserver fetch: {exc}", file=sys.stderr)
-        return 1
+        return stop(1, f"modelserver fetch: {exc}")
     print(f"model ready at {model.label}")
     return 0
 
@@ -110,16 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         command, settings = settings_from_args(argv)
     except ConfigError as exc:
-        print(f"modelserver: {exc}", file=sys.stderr)
-        return 2
+        return stop(2, f"modelserver: {exc}")
     _setup_logging(settings.log_level, settings.redact_logs)
     if command == "fetch":
         return fetch_cmd(settings)
     try:
         settings.validate()
     except ConfigError as exc:
-        print(f"modelserver: {exc}", file=sys.stderr)
-        return 2
+        return stop(2, f"modelserver: {exc}")
     return serve(settings)
 
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from modeldeploy.constants import AUTH_DIR, DEFAULT_IMAGE, PVC_MODELS_DIR, TLS_DIR
+from modeldeploy.constants import (
+    AUTH_DIR,
+    DEFAULT_IMAGE,
+    HOME_DIR,
+    IMAGE_UID,
+    PVC_MODELS_DIR,
+    TLS_DIR,
+)
 from modeldeploy.render import engines
 from modeldeploy.render.engines import builtin
 from modeldeploy.render.meta import metadata, pod_labels, selector_labels
@@ -18,9 +25,10 @@ from modeldeploy.spec import Spec
 
 CONTAINER = "server"
 PORT_NAME = "api"
-# The bundled image runs as this user; non-root everywhere.
-RUN_AS = 1000
 PROBE_PERIOD = 10
+# The server writes why it stopped to /dev/termination-log; an engine that does not (or a
+# crash before it can) still gets the tail of its log into the pod's status.
+TERMINATION_MESSAGE_POLICY = "FallbackToLogsOnError"
 
 
 def resources(spec: Spec) -> dict[str, Any]:
@@ -108,10 +116,12 @@ def volumes_and_mounts(spec: Spec) -> tuple[list[dict[str, Any]], list[dict[str,
         {"name": "shm",
          "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shared_memory}},
         {"name": "tmp", "emptyDir": {}},
+        {"name": "home", "emptyDir": {}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "shm", "mountPath": "/dev/shm"},
         {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "home", "mountPath": HOME_DIR},
     ]
     if spec.model.cache is not None:
         vols.append({"name": "model-cache",
@@ -146,11 +156,14 @@ def init_containers(spec: Spec) -> list[dict[str, Any]]:
         else spec.engine.image,
         "command": ["modelserver"],
         "args": builtin.fetch_args(spec),
+        "env": [{"name": "HOME", "value": HOME_DIR}],
         "resources": {"requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
                       "limits": {"cpu": spec.resources.cpu, "memory": spec.resources.memory}},
         "securityContext": container_security(),
+        "terminationMessagePolicy": TERMINATION_MESSAGE_POLICY,
         "volumeMounts": [{"name": "model-cache", "mountPath": spec.cache_dir},
-                         {"name": "tmp", "mountPath": "/tmp"}],
+                         {"name": "tmp", "mountPath": "/tmp"},
+                         {"name": "home", "mountPath": HOME_DIR}],
     }]
 
 
@@ -162,21 +175,22 @@ def render(spec: Spec) -> dict[str, Any]:
         "image": plan.image,
         "args": plan.args,
         "ports": [{"name": PORT_NAME, "containerPort": spec.network.port, "protocol": "TCP"}],
+        "env": [{"name": "HOME", "value": HOME_DIR}, *plan.env],
         "resources": resources(spec),
         "securityContext": container_security(),
+        "terminationMessagePolicy": TERMINATION_MESSAGE_POLICY,
         "volumeMounts": mounts,
         **probes(spec, plan.health_path),
     }
     if plan.command:
         container["command"] = plan.command
-    if plan.env:
-        container["env"] = plan.env
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "priorityClassName": spec.qos.priority_class_name,
         "securityContext": {
-            "runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
+            "runAsNonRoot": True, "runAsUser": IMAGE_UID, "runAsGroup": IMAGE_UID,
+            "fsGroup": IMAGE_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": 30,

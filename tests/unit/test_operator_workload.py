@@ -74,6 +74,25 @@ def test_pod_security_and_mounts() -> None:
     assert pod["priorityClassName"] == "modeldeploy-normal"
 
 
+@pytest.mark.parametrize("engine", ["builtin", "vllm", "tgi"])
+def test_every_engine_runs_as_the_image_user_with_a_writable_home(engine: str) -> None:
+    """The pod runs as the user both images create (one number, IMAGE_UID), $HOME is an
+    emptyDir under the read-only root, and a crash leaves a termination message."""
+    from modeldeploy.constants import HOME_DIR, IMAGE_UID
+
+    spec = {"engine": {"kind": engine}, "model": {"cache": {"size": "10Gi"}}}
+    d = workload.render(make_spec(spec))
+    pod = d["spec"]["template"]["spec"]
+    assert {pod["securityContext"][k] for k in ("runAsUser", "runAsGroup", "fsGroup")} == \
+        {IMAGE_UID}
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["home"] == {"name": "home", "emptyDir": {}}
+    for c in [*pod["initContainers"], *pod["containers"]]:
+        assert {"name": "HOME", "value": HOME_DIR} in c["env"], c["name"]
+        assert {"name": "home", "mountPath": HOME_DIR} in c["volumeMounts"], c["name"]
+        assert c["terminationMessagePolicy"] == "FallbackToLogsOnError", c["name"]
+
+
 def test_probes_use_https_and_a_generous_startup() -> None:
     c = container(workload.render(make_spec({"engine": {"startupTimeoutSeconds": 3600}})))
     assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "api",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kwok, kwokctl), the real node (kubelet, kube-proxy, crictl, the pause
-# process, CoreDNS) and helm from their Go modules at the versions pinned in hack/*/go.mod. Binaries are cached by version under .cache/bin: a second run builds
+# process, CoreDNS, kube-router's NetworkPolicy firewall) and helm from their Go modules at the versions pinned in hack/*/go.mod. Binaries are cached by version under .cache/bin: a second run builds
 # nothing. A cold build takes many minutes on 2 cores; progress is printed per binary.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/versions.sh"
@@ -43,6 +43,7 @@ if [[ "$want" == all || "$want" == node ]]; then
   done
   build crictl sigs.k8s.io/cri-tools/cmd/crictl "$CRICTL_BIN/crictl"
   CGO_ENABLED=0 build coredns github.com/coredns/coredns "$COREDNS_BIN/coredns"
+  build kube-router github.com/cloudnativelabs/kube-router/v2/cmd/kube-router "$KUBE_ROUTER_BIN/kube-router"
   # Static: it runs alone in an image with no libc.
   CGO_ENABLED=0 build pause . "$PAUSE_BIN"
 fi

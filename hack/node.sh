@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The real node: containerd + runc + the CNI bridge, kubelet and kube-proxy (built from
-# the pinned Kubernetes module), all in the node's network namespace (hack/testbed.sh),
-# joined to the local control plane as node "$NODE_NAME" with a node identity of its own
-# (client certificates signed by the cluster CA: system:node:<name>, system:kube-proxy).
+# the pinned Kubernetes module) and kube-router's firewall (the NetworkPolicy engine), all
+# in the node's network namespace (hack/testbed.sh), joined to the local control plane as
+# node "$NODE_NAME" with identities of their own (client certificates signed by the
+# cluster CA: system:node:<name>, system:kube-proxy, system:kube-router), plus CoreDNS.
 # It advertises simulated GPUs (an extended resource, the GPU label and taint) and runs
 # real pods on this machine's CPU.
 #   node.sh up | down | status | logs
@@ -218,8 +219,10 @@ up() {
   say "real node $NODE_NAME: containerd, kubelet, kube-proxy in network namespace $NETNS"
   client_cert "$CONF_DIR/kubelet" "system:node:$NODE_NAME" system:nodes
   client_cert "$CONF_DIR/kube-proxy" system:kube-proxy
+  client_cert "$CONF_DIR/kube-router" system:kube-router
   kubeconfig_for "system:node:$NODE_NAME" "$CONF_DIR/kubelet" | write_if_changed "$CONF_DIR/kubelet.kubeconfig"
   kubeconfig_for system:kube-proxy "$CONF_DIR/kube-proxy" | write_if_changed "$CONF_DIR/kube-proxy.kubeconfig"
+  kubeconfig_for system:kube-router "$CONF_DIR/kube-router" | write_if_changed "$CONF_DIR/kube-router.kubeconfig"
   write_containerd_config
   write_cni_config
   write_kubelet_config
@@ -249,9 +252,21 @@ up() {
     "${KCTL[@]}" wait --for=condition=Ready "node/$NODE_NAME" --timeout=1s
   wait_until 30 "the simulated GPUs in $NODE_NAME's allocatable" gpus_allocatable
   wait_until 30 "kube-proxy" in_node curl -fsS "http://$LINK_NODE_IP:10256/healthz"
+  network_policy_engine
   dns_addon
   say "real node $NODE_NAME Ready in $((SECONDS - start)) s ($("${KCTL[@]}" get node "$NODE_NAME" \
     -o jsonpath='{.status.nodeInfo.containerRuntimeVersion}'), $SIMULATED_GPUS simulated nvidia.com/gpu)"
+}
+
+# NetworkPolicies are enforced on this node by kube-router's firewall alone (iptables +
+# ipset inside the node's namespace; its routing and service proxy stay off).
+network_policy_engine() {
+  "${KCTL[@]}" apply --server-side -f "$HACK_DIR/addons/kube-router-rbac.yaml" >/dev/null
+  start_proc kube-router "$KUBE_ROUTER_BIN/kube-router" --run-firewall=true \
+    --run-router=false --run-service-proxy=false --enable-ipv6=false \
+    --kubeconfig "$CONF_DIR/kube-router.kubeconfig" --hostname-override "$NODE_NAME" \
+    --service-cluster-ip-range "$SERVICE_NET" --metrics-port 0 --health-port 20244
+  wait_until 60 "kube-router's firewall" in_node curl -fsS "http://127.0.0.1:20244/healthz"
 }
 
 # Cluster DNS (CoreDNS) on this node: in-cluster clients (kopf among them) find the API
@@ -280,6 +295,7 @@ down() {
     fi
   fi
   stop_proc kube-proxy
+  stop_proc kube-router
   stop_proc containerd
   # Anything still running under the node's cgroup (shims, containers) is ours.
   local h pids
@@ -309,7 +325,7 @@ down() {
 
 status() {
   local name ok=0
-  for name in containerd kubelet kube-proxy; do
+  for name in containerd kubelet kube-proxy kube-router; do
     if [[ -f "$RUN_DIR/$name.pid" ]] && kill -0 "$(cat "$RUN_DIR/$name.pid")" 2>/dev/null; then
       echo "$name: running (pid $(cat "$RUN_DIR/$name.pid"), log $LOG_DIR/$name.log)"
     else

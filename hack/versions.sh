@@ -17,6 +17,8 @@ CRICTL_VERSION="$(_modver crictl sigs.k8s.io/cri-tools)"
 CRICTL_BIN="$BIN_DIR/cri-tools-$CRICTL_VERSION"
 COREDNS_VERSION="$(_modver coredns github.com/coredns/coredns)"
 COREDNS_BIN="$BIN_DIR/coredns-$COREDNS_VERSION"
+KUBE_ROUTER_VERSION="$(_modver kube-router github.com/cloudnativelabs/kube-router/v2)"
+KUBE_ROUTER_BIN="$BIN_DIR/kube-router-$KUBE_ROUTER_VERSION"
 # The real node's sandbox process (hack/pause), cached by the hash of its source.
 PAUSE_HASH="$(cat "$HACK_DIR/pause/main.go" "$HACK_DIR/pause/go.mod" | sha1sum | cut -c1-12)"
 PAUSE_BIN="$BIN_DIR/pause-$PAUSE_HASH"

@@ -140,8 +140,7 @@ import() {
   mkdir -p "$WORK"
   for name in "$@"; do
     ref="$(ref_of "$name")"
-    hash="$(built_hash "$ref")"
-    [[ -n "$hash" ]] || build "$name"
+    build "$name"   # a no-op when the image is current
     hash="$(built_hash "$ref")"
     if [[ "$(imported_hash "$ref")" == "$hash" ]]; then
       continue

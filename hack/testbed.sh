@@ -12,7 +12,7 @@
 #   (bridged packets pass this hook too, through br_netfilter). Every rule counts its
 #   packets (`testbed.sh rules` prints them).
 # No masquerading anywhere: pods see their clients' real addresses.
-#   testbed.sh up | down | rules | check | guard-apiserver PORT
+#   testbed.sh up | down | rules | check | guard-apiserver PORT | guard-agents
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/versions.sh"
 source "$HACK_DIR/cluster-env.sh"
@@ -116,6 +116,7 @@ down() {
   ip route delete blackhole "$POD_NET" metric 4000 2>/dev/null || true
   ip route delete blackhole "$SERVICE_NET" metric 4000 2>/dev/null || true
   nft delete table inet "$NFT_TABLE" 2>/dev/null || true
+  nft delete table inet "$AGENT_TABLE" 2>/dev/null || true
 }
 
 # The API server listens on every address (it must answer on the link too): accept its
@@ -125,6 +126,28 @@ guard_apiserver() {
   nft flush chain inet "$NFT_TABLE" input
   nft add rule inet "$NFT_TABLE" input tcp dport "$1" iifname != "{ lo, $HOST_IF }" counter drop \
     comment '"api-server-only-from-loopback-and-the-link"'
+}
+
+# The chat agents the tests and the demo run (Clawdbot, OpenClaw) have tools that can
+# fetch URLs, and a small model may call them. They run as AGENT_UID, whose packets may
+# go to loopback and the test bed only: anything else is refused here, cluster up or not.
+AGENT_UID=65534   # nobody
+AGENT_TABLE=modeldeploy_agents
+agent_rules() {
+  cat <<EOF
+table inet $AGENT_TABLE {
+  chain output {
+    type filter hook output priority filter; policy accept;
+    meta skuid $AGENT_UID ip daddr != { 127.0.0.0/8, $POD_NET, $SERVICE_NET } counter reject comment "agents-reach-only-loopback-and-the-testbed"
+    meta skuid $AGENT_UID meta nfproto ipv6 ip6 daddr != ::1 counter reject comment "agents-reach-no-ipv6-but-loopback"
+  }
+}
+EOF
+}
+
+guard_agents() {
+  nft delete table inet "$AGENT_TABLE" 2>/dev/null || true
+  agent_rules | nft -f -
 }
 
 rules() {
@@ -145,5 +168,6 @@ case "${1:-}" in
   rules) rules ;;
   check) check ;;
   guard-apiserver) guard_apiserver "$2" ;;
+  guard-agents) guard_agents ;;
   *) echo "usage: $0 up|down|rules|check" >&2; exit 2 ;;
 esac

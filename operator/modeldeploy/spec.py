@@ -24,6 +24,8 @@ class CacheSpec:
     size: str = "100Gi"
     storage_class_name: str | None = None
     access_mode: str = "ReadWriteOnce"
+    # Keep the claim (no owner reference) when the ModelDeployment goes.
+    retain: bool = True
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,16 @@ class AllowFrom:
     @property
     def empty(self) -> bool:
         return not (self.namespaces or self.pod_selector is not None or self.ip_blocks)
+
+    @property
+    def server_cidrs(self) -> tuple[str, ...]:
+        """The CIDRs the server's own allow-list enforces (beside the NetworkPolicy): the
+        ipBlocks, when they are the only clients allowed. An address list cannot say
+        "pods of namespace X", so when namespaces or pods are allowed too, the server
+        list would refuse them; then the NetworkPolicy alone enforces the whole set."""
+        if self.namespaces or self.pod_selector is not None:
+            return ()
+        return self.ip_blocks
 
 
 @dataclass(frozen=True)
@@ -283,6 +295,7 @@ def parse(name: str, namespace: str, uid: str, spec: dict[str, Any]) -> Spec:
             size=_quantity(cache.get("size"), "100Gi"),
             storage_class_name=cache.get("storageClassName"),
             access_mode=_get(cache, "accessMode", "ReadWriteOnce"),
+            retain=_get(cache, "retain", True),
         ) if cache is not None else None,
     )
     e = spec.get("engine") or {}

@@ -37,6 +37,17 @@ def test_builtin_flags_follow_the_server_contract() -> None:
     assert p.metrics["inflightRequests"] == "modelserver_inflight_requests"
 
 
+def test_server_allow_list_only_when_addresses_are_the_only_clients() -> None:
+    """An address list cannot say "pods of namespace X": with namespaces allowed too, the
+    server's list would refuse those pods, so the NetworkPolicy alone enforces the set."""
+    mixed = engines.plan(make_spec({"network": {"allowFrom": {
+        "namespaces": ["chat"], "ipBlocks": ["192.168.1.0/24"]}}})).args
+    assert "--allow-cidr" not in mixed
+    only = engines.plan(make_spec({"network": {"allowFrom": {
+        "ipBlocks": ["192.168.1.0/24"]}}})).args
+    assert arg_value(only, "--allow-cidr") == "192.168.1.0/24"
+
+
 def test_builtin_without_tls_and_auth() -> None:
     a = engines.plan(make_spec({"tls": {"mode": "disabled"}, "auth": {"enabled": False}})).args
     assert "--no-tls" in a and "--no-auth" in a and "--tls-cert" not in a

@@ -66,7 +66,7 @@ def plan(spec: Spec) -> EnginePlan:
         args += ["--api-keys-file", f"{AUTH_DIR}/keys"]
     else:
         args.append("--no-auth")
-    for cidr in spec.network.allow_from.ip_blocks:
+    for cidr in spec.network.allow_from.server_cidrs:
         args += ["--allow-cidr", cidr]
     args += ["--model-cache-dir", spec.cache_dir, *checksum_args(spec)]
     return EnginePlan(

@@ -92,6 +92,10 @@ def model_schema() -> Schema:
             "accessMode": s("string", "Access mode of the cache volume.",
                             enum=["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany",
                                   "ReadWriteOncePod"], default="ReadWriteOnce"),
+            "retain": s("boolean", "Keep the volume (and the downloaded model) when the "
+                        "ModelDeployment is deleted or the cache is removed from it; a "
+                        "new ModelDeployment of the same name reuses it (default true). "
+                        "false: it is deleted with the ModelDeployment.", default=True),
         }),
     }, required=["source"])
 

@@ -6,6 +6,7 @@ new status dict. Conditions keep their lastTransitionTime while their status hol
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,18 @@ def _termination(cs: dict[str, Any]) -> dict[str, Any] | None:
     return state.get("terminated") or last.get("terminated")
 
 
+def _exit(term: dict[str, Any]) -> str:
+    """'Error (exit code 1)', 'OOMKilled (exit code 137)', 'Error (killed by SIGKILL)'."""
+    code = term.get("exitCode")
+    reason = term.get("reason", "Error")
+    if isinstance(code, int) and 128 < code < 128 + 65 and reason != "OOMKilled":
+        try:
+            return f"{reason} (killed by {signal.Signals(code - 128).name})"
+        except ValueError:
+            pass
+    return f"{reason} (exit code {code})"
+
+
 def healthy(pods: list[dict[str, Any]]) -> Cond:
     """Crash loops, OOM kills and image problems, with the container's own message."""
     for pod in pods:
@@ -74,8 +87,7 @@ def healthy(pods: list[dict[str, Any]]) -> Cond:
             if reason in CRASH_REASONS or (term and term.get("exitCode", 0) != 0):
                 detail = []
                 if term:
-                    detail.append(f"last terminated: {term.get('reason', 'Error')} "
-                                  f"(exit code {term.get('exitCode')})")
+                    detail.append(f"last terminated: {_exit(term)}")
                     if term.get("message"):
                         detail.append(term["message"].strip())
                 if waiting.get("message"):
@@ -97,8 +109,7 @@ def model_ready(spec: Spec, pods: list[dict[str, Any]], ready: int) -> Cond:
             if term and term.get("exitCode", 0) != 0:
                 return Cond("ModelReady", "False", "ModelFetchFailed",
                             f"pod {pod['metadata']['name']}: fetching the model failed "
-                            f"({term.get('reason', 'Error')}, exit code {term.get('exitCode')})"
-                            f": {(term.get('message') or '').strip()}")
+                            f"({_exit(term)}): {(term.get('message') or '').strip()}")
             if "running" in state or ((state.get("waiting") or {}).get("reason")
                                       == "PodInitializing"):
                 return Cond("ModelReady", "False", "Downloading",

@@ -65,6 +65,20 @@ def test_oom_killed_crash_loop_is_failed_with_reason() -> None:
     assert "exit code 137" in h.message and "restarts 4" in h.message
 
 
+def test_a_killed_server_that_restarted_names_the_signal() -> None:
+    """kill -9 of the server: the container runs again, its last termination says how it
+    died and the restart count goes up, while the replica serves again."""
+    cs = [{"name": "server", "restartCount": 1, "ready": True,
+           "state": {"running": {"startedAt": "2026-12-01T00:00:00Z"}},
+           "lastState": {"terminated": {"reason": "Error", "exitCode": 137}}}]
+    obs = Observed(2, dep(1, 1), [pod(containers=cs)], [])
+    phase, _, _ = status.compute(make_spec(), obs)
+    h = conds(make_spec(), obs)["Healthy"]
+    assert phase == "Ready"
+    assert h.status == "False" and h.reason == "Error"
+    assert "killed by SIGKILL" in h.message and "restarts 1" in h.message
+
+
 def test_checksum_failure_in_fetch_is_reported() -> None:
     inits = [{"name": "fetch-model", "state": {"terminated": {
         "exitCode": 1, "reason": "Error", "message": "checksum mismatch for model.bin"}}}]

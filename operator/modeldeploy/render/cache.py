@@ -1,4 +1,9 @@
-"""The model cache PersistentVolumeClaim: the model is downloaded once per volume."""
+"""The model cache PersistentVolumeClaim: the model is downloaded once per volume.
+
+Retained by default: it carries the common labels but no owner reference, so neither
+the garbage collector (CR deleted) nor pruning (cache removed from the spec) deletes a
+model that took hours to download; `model.cache.retain: false` makes it an owned child.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,6 @@ def render(spec: Spec) -> dict[str, Any] | None:
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": metadata(spec, spec.cache_claim_name),
+        "metadata": metadata(spec, spec.cache_claim_name, owned=not c.retain),
         "spec": pvc,
     }

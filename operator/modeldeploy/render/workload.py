@@ -29,6 +29,7 @@ PROBE_PERIOD = 10
 # The server writes why it stopped to /dev/termination-log; an engine that does not (or a
 # crash before it can) still gets the tail of its log into the pod's status.
 TERMINATION_MESSAGE_POLICY = "FallbackToLogsOnError"
+PRE_STOP_SECONDS = 5
 
 
 def resources(spec: Spec) -> dict[str, Any]:
@@ -179,6 +180,9 @@ def render(spec: Spec) -> dict[str, Any]:
         "resources": resources(spec),
         "securityContext": container_security(),
         "terminationMessagePolicy": TERMINATION_MESSAGE_POLICY,
+        # Endpoints drop a terminating pod asynchronously: keep serving a few seconds
+        # after the pod is told to stop, so a roll refuses no new connection.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
         "volumeMounts": mounts,
         **probes(spec, plan.health_path),
     }

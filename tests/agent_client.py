@@ -69,7 +69,8 @@ def run_turn(agent: str, config: dict[str, Any], home: Path, message: str, *,
            "--json"]
     if resolv_conf is not None:
         cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-               'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(resolv_conf), *cmd]
+               'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(resolv_conf.resolve()),
+               *cmd]
     r = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout,
                        cwd=home)
     assert r.returncode == 0, (f"{agent} failed ({r.returncode}):\n{r.stderr[-3000:]}\n"

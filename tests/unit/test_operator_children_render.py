@@ -217,10 +217,13 @@ def test_clawdbot_configmap() -> None:
     assert cm["data"]["ca.crt"] == "CA PEM"
     filled = clawdbot.clawdbot_json(spec, api_key="secret")
     assert filled["models"]["providers"]["lan"]["apiKey"] == "secret"
-    # OpenClaw: the same provider plus the one key its network guard needs for a cluster
-    # Service name (Clawdbot 2026.1's strict schema would reject that key).
+    # OpenClaw: the same provider plus the key its network guard needs for a cluster
+    # Service name and the one that makes it ask for usage (Clawdbot 2026.1's strict
+    # schema would reject both).
     claw = json.loads(cm["data"]["openclaw.json"])
-    assert claw["models"]["providers"]["lan"].pop("request") == {"allowPrivateNetwork": True}
+    claw_provider = claw["models"]["providers"]["lan"]
+    assert claw_provider.pop("request") == {"allowPrivateNetwork": True}
+    assert claw_provider["models"][0].pop("compat") == {"supportsUsageInStreaming": True}
     assert claw == cfg
     assert "request" not in provider
     assert sorted(k for k in cm["data"] if k.endswith(".json")) == [

@@ -5,8 +5,10 @@ differ in one place, so each gets its own file:
 - `clawdbot.json`: Clawdbot 2026.1 (`~/.clawdbot/clawdbot.json`); its schema is strict
   and rejects any key it does not know.
 - `openclaw.json`: OpenClaw (`~/.openclaw/openclaw.json`), the same provider block plus
-  `request.allowPrivateNetwork`: its network guard refuses a provider whose host name
-  resolves to a private address (a cluster Service, a LAN name) without it.
+  `request.allowPrivateNetwork` (its network guard refuses a provider whose host name
+  resolves to a private address, a cluster Service or a LAN name, without it) and each
+  model's `compat.supportsUsageInStreaming` (without it OpenClaw asks a custom provider
+  for no usage and records every turn as 0 tokens, cached prefix included).
 - `clawbot.json`: the deployment guide's own format (model_server + inference_params).
 - `ca.crt`: the CA that signed the server certificate, for NODE_EXTRA_CA_CERTS.
 The API key is a `${MODELDEPLOY_API_KEY}` reference, so the ConfigMap holds no secret;
@@ -61,6 +63,8 @@ def openclaw_json(spec: Spec, api_key: str | None = None) -> dict[str, Any]:
     config = clawdbot_json(spec, api_key)
     for provider in config["models"]["providers"].values():
         provider["request"] = {"allowPrivateNetwork": True}
+        for model in provider["models"]:
+            model["compat"] = {"supportsUsageInStreaming": True}
     return config
 
 

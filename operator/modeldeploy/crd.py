@@ -97,7 +97,13 @@ def model_schema() -> Schema:
                         "new ModelDeployment of the same name reuses it (default true). "
                         "false: it is deleted with the ModelDeployment.", default=True),
         }),
-    }, required=["source"])
+    }, required=["source"], **{"x-kubernetes-validations": [
+        # The fetch step downloads into the cache; a volume or image path is read in place.
+        rule("!has(self.cache) || self.source.startsWith('hf://') || "
+             "self.source.startsWith('https://')",
+             "model.cache is for downloaded models (hf://, https://): a pvc:// or file:// "
+             "source is read where it is", ".cache"),
+    ]})
 
 
 def engine_schema() -> Schema:

@@ -20,6 +20,8 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("checksum-sha1", {"model": {"checksums": {"a.bin": "sha1:abc"}}}, "spec.model.checksums"),
     ("cache-access-mode", {"model": {"cache": {"accessMode": "Everyone"}}},
      "spec.model.cache.accessMode"),
+    ("cache-of-a-volume", {"model": {"source": "pvc://weights/m", "cache": {}}},
+     "spec.model.cache"),
     ("gpus-negative", {"resources": {"gpus": -1}}, "spec.resources.gpus"),
     ("gpu-resource", {"resources": {"gpuResource": "foo.com/gpu"}},
      "spec.resources.gpuResource"),

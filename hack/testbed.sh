@@ -79,7 +79,21 @@ table inet modeldeploy {
 EOF
 }
 
+# The test bed's names and ranges are machine-wide: one checkout owns them at a time.
+OWNER_FILE="/run/modeldeploy/testbed-$NAME.owner"
+claim() {
+  mkdir -p "$(dirname "$OWNER_FILE")"
+  if [[ -f "$OWNER_FILE" && "$(cat "$OWNER_FILE")" != "$ROOT_DIR" ]] \
+      && ip netns list | grep -qw "^$NETNS"; then
+    echo "the test bed of cluster '$NAME' belongs to the checkout $(cat "$OWNER_FILE");" \
+      "run 'make cluster-down' there first (or use MODELDEPLOY_CLUSTER and other ranges)" >&2
+    exit 1
+  fi
+  echo "$ROOT_DIR" >"$OWNER_FILE"
+}
+
 up() {
+  claim
   check_ranges
   ip netns list | grep -qw "^$NETNS" || ip netns add "$NETNS"
   if ! ip link show "$HOST_IF" >/dev/null 2>&1; then
@@ -93,8 +107,10 @@ up() {
   # Routing and bridge netfilter inside the node only (both are per namespace); the
   # host's own ip_forward is left as it is.
   in_node sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1
-  # A Service address without a DNAT rule stops in the node, never goes back out.
-  in_node ip route replace blackhole "$SERVICE_NET"
+  # A Service address without a DNAT rule (no ready endpoint) stops in the node, never
+  # goes back out, and the client learns it at once (ICMP unreachable, not a silent drop
+  # that leaves it retrying its SYN).
+  in_node ip route replace unreachable "$SERVICE_NET"
   # Host: the two ranges over the link, and blackholes for them underneath.
   ip route replace "$NODE_POD_CIDR" via "$LINK_NODE_IP" dev "$HOST_IF" src "$LINK_HOST_IP"
   ip route replace "$SERVICE_NET" via "$LINK_NODE_IP" dev "$HOST_IF" src "$LINK_HOST_IP" metric 10
@@ -107,6 +123,11 @@ up() {
 }
 
 down() {
+  if [[ -f "$OWNER_FILE" && "$(cat "$OWNER_FILE")" != "$ROOT_DIR" ]]; then
+    echo "the test bed of cluster '$NAME' belongs to $(cat "$OWNER_FILE"): left alone" >&2
+    return 0
+  fi
+  rm -f "$OWNER_FILE"
   # Deleting the namespace takes the node's end of the link, the bridge, the pods' host
   # veths and every rule inside with it; the host's end of a veth pair goes with its peer.
   ip netns list | grep -qw "^$NETNS" && ip netns delete "$NETNS"

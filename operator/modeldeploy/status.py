@@ -76,6 +76,15 @@ def _exit(term: dict[str, Any]) -> str:
     return f"{reason} (exit code {code})"
 
 
+def _last_words(message: str, lines: int = 3, limit: int = 600) -> str:
+    """The end of a termination message. With FallbackToLogsOnError it may be a log tail
+    (up to 80 lines, progress bars redrawn with carriage returns): keep what a person
+    reads last on a terminal, the final few lines."""
+    shown = [line.rsplit("\r", 1)[-1].strip() for line in message.split("\n")]
+    text = " | ".join([line for line in shown if line][-lines:])
+    return text if len(text) <= limit else "…" + text[-limit:]
+
+
 def healthy(pods: list[dict[str, Any]]) -> Cond:
     """Crash loops, OOM kills and image problems, with the container's own message."""
     for pod in pods:
@@ -89,7 +98,7 @@ def healthy(pods: list[dict[str, Any]]) -> Cond:
                 if term:
                     detail.append(f"last terminated: {_exit(term)}")
                     if term.get("message"):
-                        detail.append(term["message"].strip())
+                        detail.append(_last_words(term["message"]))
                 if waiting.get("message"):
                     detail.append(waiting["message"].strip())
                 why = (term or {}).get("reason") if reason in (None, "CrashLoopBackOff") \
@@ -109,7 +118,7 @@ def model_ready(spec: Spec, pods: list[dict[str, Any]], ready: int) -> Cond:
             if term and term.get("exitCode", 0) != 0:
                 return Cond("ModelReady", "False", "ModelFetchFailed",
                             f"pod {pod['metadata']['name']}: fetching the model failed "
-                            f"({_exit(term)}): {(term.get('message') or '').strip()}")
+                            f"({_exit(term)}): {_last_words(term.get('message') or '')}")
             if "running" in state or ((state.get("waiting") or {}).get("reason")
                                       == "PodInitializing"):
                 return Cond("ModelReady", "False", "Downloading",

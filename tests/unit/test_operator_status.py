@@ -65,6 +65,19 @@ def test_oom_killed_crash_loop_is_failed_with_reason() -> None:
     assert "exit code 137" in h.message and "restarts 4" in h.message
 
 
+def test_a_log_tail_as_termination_message_is_cut_to_its_last_lines() -> None:
+    """FallbackToLogsOnError puts up to 80 log lines (progress bars included) in the
+    message: the condition keeps the last three, as a terminal would show them."""
+    tail = "\n".join([f"INFO line {i}" for i in range(80)]
+                     + ["\rLoading:  10%\rLoading: 100%", "Traceback: boom", ""])
+    cs = [{"name": "server", "restartCount": 2,
+           "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+           "lastState": {"terminated": {"reason": "Error", "exitCode": 1, "message": tail}}}]
+    h = conds(make_spec(), Observed(2, dep(1, 0), [pod(containers=cs)], []))["Healthy"]
+    assert "INFO line 79 | Loading: 100% | Traceback: boom" in h.message
+    assert "line 78" not in h.message and "\r" not in h.message
+
+
 def test_a_killed_server_that_restarted_names_the_signal() -> None:
     """kill -9 of the server: the container runs again, its last termination says how it
     died and the restart count goes up, while the replica serves again."""

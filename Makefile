@@ -31,13 +31,13 @@ $(VENV_STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-* && touch $@
 
 .PHONY: binaries
-binaries: ## build (once, cached by version) etcd, kube-*, kwok, kwokctl and helm from Go modules
+binaries: ## build (once, cached by version) the control plane, the real node's binaries and helm from Go modules
 	@bash hack/build.sh all
 
 .PHONY: cluster-up cluster-down cluster-status
-cluster-up: ## start the local control plane (etcd, apiserver, controller-manager, scheduler, kwok nodes)
+cluster-up: ## start the local cluster (control plane, kwok nodes, the real node)
 	@bash hack/cluster.sh up
-cluster-down: ## stop it; no process or port is left behind
+cluster-down: ## stop it; no process, port, mount, namespace, link, rule or cgroup is left
 	@bash hack/cluster.sh down
 cluster-status: ## say whether it is up, with nodes and versions
 	@bash hack/cluster.sh status
@@ -51,7 +51,7 @@ test: venv binaries $(TEST_PREREQS) lint ## the whole suite: unit, e2e (local co
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 .PHONY: demo
-demo: venv binaries ## the main job end to end on the local control plane
+demo: venv binaries images $(clawdbot_STAMP) ## helm install, the operator pod, a model pod, a real Clawdbot turn through the Service
 	@bash hack/demo.sh
 
 .PHONY: kind-up

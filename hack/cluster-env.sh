@@ -39,7 +39,7 @@ BRIDGE="mdbr0"                    # inside the node's namespace: no clash betwee
 NFT_TABLE="modeldeploy_$TAG"      # host table (inet); the node's namespace has its own
 CGROUP_ROOT="/modeldeploy-$TAG"   # the kubelet's cgroupRoot in every hierarchy
 NODE_NAME="${MODELDEPLOY_NODE_NAME:-real-a}"
-SIMULATED_GPUS=4                  # nvidia.com/gpu advertised by the real node (simulated)
+SIMULATED_GPUS=8                  # nvidia.com/gpu advertised by the real node (simulated)
 GPU_PRODUCT="Simulated-GPU-on-CPU"
 
 NODE_DIR="$CACHE_DIR/node"

@@ -434,6 +434,41 @@ def test_failures_show_their_real_reasons(kubectl, lm: LastMile) -> None:
         kubectl("delete", "md", name, "-n", lm.ns, "--wait=false")
 
 
+def test_a_download_the_air_gap_prevents_is_surfaced_and_the_cache_is_kept(
+        kubectl, lm: LastMile) -> None:
+    """An hf:// model with a cache volume: the fetch init container really runs and fails
+    (the cluster DNS answers for cluster.local only; nothing leaves the test bed), and the
+    status says why in the fetch step's own words. Deleting the ModelDeployment keeps the
+    cache volume (model.cache.retain defaults to true)."""
+    cache_dir = Path(lm.env["NODE_DIR"]) / "volumes" / lm.ns / "fetch-cache"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir.chmod(0o777)  # a hostPath volume is not chown'd to the pod's fsGroup
+    pv = f"{lm.ns}-fetch-cache"
+    kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": pv, "labels": {"modeldeploy.io/test": lm.ns}},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "storageClassName": "", "hostPath": {"path": str(cache_dir)},
+                 "claimRef": {"namespace": lm.ns, "name": "fetch-model-cache"}}}))
+    manifest = md("fetch", "unused", model={"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct",
+                                            "cache": {"size": "1Gi"}})
+    apply_md(kubectl, lm.ns, manifest)
+    cond = wait(lambda: (c := condition(md_status(kubectl, lm.ns, "fetch"), "ModelReady"))
+                .get("reason") == "ModelFetchFailed" and c, 240, "ModelReady=False")
+    assert "cannot fetch hf://HuggingFaceTB/SmolLM2-135M-Instruct" in cond["message"], cond
+    assert "name resolution" in cond["message"], cond
+    assert md_status(kubectl, lm.ns, "fetch")["phase"] == "Failed"
+    wait(lambda: [e for e in _events(kubectl, lm.ns, "fetch")
+                  if e["reason"] == "ModelFetchFailed"], 60, "a ModelFetchFailed Event")
+    assert "cannot fetch" in kubectl("describe", "md", "fetch", "-n", lm.ns).stdout
+    kubectl("delete", "md", "fetch", "-n", lm.ns)
+    wait(lambda: not pods_of(kubectl, lm.ns, "fetch"), 120, "the fetch pod to go")
+    claim = json.loads(kubectl("get", "pvc", "fetch-model-cache", "-n", lm.ns, "-o",
+                               "json").stdout)
+    assert not claim["metadata"].get("deletionTimestamp"), "the cache was deleted"
+    assert not claim["metadata"].get("ownerReferences")
+
+
 def test_kill_9_of_the_server_shows_restarts_and_the_signal(kubectl, lm: LastMile,
                                                            smollm2: str) -> None:
     pod = pods_of(kubectl, lm.ns, smollm2)[0]

@@ -233,61 +233,6 @@ def test_priority_class_shared_and_cleaned_up(kubectl, namespace, run_operator,
              what="unused PriorityClass deleted")
 
 
-def test_model_download_and_fetch_failure_are_surfaced(kubectl, namespace, run_operator,
-                                         crd) -> None:  # noqa: F811
-    run_operator(*operator_args(namespace))
-    # A PersistentVolume for the cache claim (no provisioner here): the claim binds.
-    pv = f"{namespace}-cache"
-    kubectl("apply", "-f", "-", input=json.dumps({
-        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
-        "spec": {"capacity": {"storage": "5Gi"}, "accessModes": ["ReadWriteOnce"],
-                 "storageClassName": "manual", "hostPath": {"path": "/tmp/" + pv},
-                 "claimRef": {"namespace": namespace, "name": "f-model-cache"}}}))
-    try:
-        apply(kubectl, namespace, manifest("f", {"model": {
-            "checksums": {"model.safetensors": "sha256:" + "0" * 64},
-            "cache": {"size": "5Gi", "storageClassName": "manual"}}}))
-        pod = wait_for(lambda: [p for p in items(kubectl, namespace, "pods",
-                                                 "modeldeploy.io/name=f")
-                                if p["spec"].get("nodeName")], 60, what="a scheduled pod")[0]
-        # what a kubelet reports while the init container downloads: not initialised
-        conds = [{**c, "status": "False"} if c["type"] in ("Initialized", "Ready",
-                                                           "ContainersReady") else c
-                 for c in pod["status"]["conditions"]]
-        running = {"name": "fetch-model", "ready": False, "restartCount": 0, "image": "x",
-                   "imageID": "", "started": True,
-                   "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}
-        kubectl("patch", "-n", namespace, "pod", pod["metadata"]["name"],
-                "--subresource=status", "--type=merge", "-p", json.dumps({"status": {
-                    "initContainerStatuses": [running], "conditions": conds}}))
-        wait_for(lambda: condition(get(kubectl, namespace, "modeldeployment", "f"),
-                                   "ModelReady").get("reason") == "Downloading", 30,
-                 what="ModelReady Downloading")
-        assert get(kubectl, namespace, "modeldeployment", "f")["status"]["phase"] == "Pending"
-
-        init = {"name": "fetch-model", "ready": False, "restartCount": 2,
-                "image": "x", "imageID": "", "started": False,
-                "state": {"terminated": {
-                    "exitCode": 1, "reason": "Error",
-                    "message": "checksum mismatch for model.safetensors",
-                    "startedAt": "2026-01-01T00:00:00Z",
-                    "finishedAt": "2026-01-01T00:01:00Z"}}}
-        # and when it fails (the fetch step verifies the checksums)
-        kubectl("patch", "-n", namespace, "pod", pod["metadata"]["name"],
-                "--subresource=status", "--type=merge", "-p", json.dumps({"status": {
-                    "initContainerStatuses": [init], "conditions": conds}}))
-        cond = wait_for(lambda: (c := condition(get(kubectl, namespace, "modeldeployment",
-                                                    "f"), "ModelReady"))
-                        and c.get("reason") == "ModelFetchFailed" and c, 30,
-                        what="ModelReady=False ModelFetchFailed")
-        assert "checksum mismatch for model.safetensors" in cond["message"]
-        assert get(kubectl, namespace, "modeldeployment", "f")["status"]["phase"] == "Failed"
-        wait_for(lambda: [e for e in events_for(kubectl, namespace, "f")
-                          if e["reason"] == "ModelFetchFailed"], 30, what="the Event")
-    finally:
-        kubectl("delete", "pv", pv, "--wait=false", check=False)
-
-
 def test_what_only_the_operator_can_judge_becomes_a_condition(
         kubectl, namespace, run_operator, crd) -> None:  # noqa: F811
     op = run_operator(*operator_args(namespace))

@@ -7,8 +7,8 @@
 #   - images/operator/Dockerfile and images/server/Dockerfile, unchanged from what a
 #     Docker user builds.
 # Each image is labelled with a hash of its inputs (Dockerfile, the sources it copies,
-# its base): an unchanged tree builds nothing and imports nothing. pip's downloads are
-# kept between builds by the Dockerfiles' cache mounts.
+# its base): an unchanged tree builds nothing and imports nothing. The server's wheels
+# are kept between builds in its Dockerfile's cache mount.
 #   images.sh build [base|pause|coredns|operator|server ...]   (default: all five)
 #   images.sh import [pause|coredns|operator|server ...]       into the real node's containerd
 #   images.sh sizes                                    what README.md quotes
@@ -39,8 +39,8 @@ inputs_hash() {  # inputs_hash <name>
   local base_id=""
   case "$1" in
     base) printf '%s\n' "$BASE_SUITE" "$BASE_PACKAGES"; sed -n '/^build_base()/,/^}/p' "$0" ;;
-    pause) sha1sum "$PAUSE_BIN"; sed -n '/^build_binary_image()/,/^}/p' "$0" ;;
-    coredns) sha1sum "$COREDNS_BIN/coredns"; sed -n '/^build_binary_image()/,/^}/p' "$0" ;;
+    pause) sha1sum <"$PAUSE_BIN"; sed -n '/^build_binary_image()/,/^}/p' "$0" ;;
+    coredns) sha1sum <"$COREDNS_BIN/coredns"; sed -n '/^build_binary_image()/,/^}/p' "$0" ;;
     operator|server)
       base_id="$(buildah inspect --type image --format '{{.FromImageID}}' "$BASE_IMAGE")"
       echo "$base_id"
@@ -94,12 +94,19 @@ pip_trust_mounts() {
 
 build_dockerfile() {  # build_dockerfile <operator|server> <hash>
   local dockerfile="$ROOT_DIR/images/$1/Dockerfile"
-  say "buildah build -f images/$1/Dockerfile (PYTHON_IMAGE=$BASE_IMAGE)"
+  say "buildah build -f images/$1/Dockerfile (PYTHON_IMAGE=$BASE_IMAGE); its steps follow"
+  local log="$WORK/$1-build.log" rc=0
   # shellcheck disable=SC2046
-  (cd "$ROOT_DIR" && buildah build --quiet --layers --isolation chroot --network host \
+  (cd "$ROOT_DIR" && buildah build --layers --isolation chroot --network host \
     --ignorefile "$dockerfile.dockerignore" $(pip_trust_mounts) \
     --build-arg "PYTHON_IMAGE=$BASE_IMAGE" --build-arg "VERSION=$APP_VERSION" \
-    --label "$LABEL=$2" -f "$dockerfile" -t "$(ref_of "$1")" . >/dev/null)
+    --label "$LABEL=$2" -f "$dockerfile" -t "$(ref_of "$1")" .) 2>&1 | tee "$log" \
+    | { grep --line-buffered -E '^(STEP|COMMIT)|Downloading|File was already' || true; } || rc=$?
+  if [[ $rc -ne 0 || "$(built_hash "$(ref_of "$1")")" != "$2" ]]; then
+    tail -30 "$log" >&2
+    echo "buildah build of images/$1 failed (whole log: $log)" >&2
+    exit 1
+  fi
 }
 
 build() {
@@ -133,9 +140,10 @@ imported_hash() {  # the label on the node's copy of an image, if any
 }
 
 # Into the real node's containerd (namespace k8s.io, where the kubelet looks), so pods
-# find them without a registry. Uncompressed archives: a local copy needs no gzip.
+# find them without a registry: streamed (no archive on disk) and uncompressed (a local
+# copy needs no gzip).
 import() {
-  local name ref hash archive start
+  local name ref hash start
   "${CTR[@]}" version >/dev/null 2>&1 || { echo "the real node's containerd is not running ($CONTAINERD_SOCK)" >&2; exit 1; }
   mkdir -p "$WORK"
   for name in "$@"; do
@@ -146,15 +154,23 @@ import() {
       continue
     fi
     start=$SECONDS
-    archive="$WORK/$name.tar"
     say "importing $ref into the node's containerd"
-    rm -f "$archive"
-    buildah push --quiet "$ref" "docker-archive:$archive:$ref" >/dev/null
-    "${CTR[@]}" images import "$archive" >/dev/null
+    buildah push --quiet "$ref" "docker-archive:/dev/stdout:$ref" | "${CTR[@]}" images import - >/dev/null
     "${CTR[@]}" images label "$ref" "$LABEL=$hash" >/dev/null
-    rm -f "$archive"
+    discard_layer_blobs "$ref"
     echo "$ref: imported in $((SECONDS - start)) s"
   done
+}
+
+# Once unpacked into the snapshotter, the layer tarballs are dead weight (6 GB for the
+# server): drop them, as containerd's discard_unpacked_layers does for pulled images. No
+# registry could give them back, but nothing needs them: pods start from the snapshots.
+discard_layer_blobs() {
+  local manifest
+  manifest="$("${CTR[@]}" images ls "name==$1" | awk 'NR == 2 {print $3}')"
+  "${CTR[@]}" content get "$manifest" \
+    | python3 -c 'import json, sys; print("\n".join(l["digest"] for l in json.load(sys.stdin)["layers"]))' \
+    | xargs -r "${CTR[@]}" content rm >/dev/null
 }
 
 sizes() {

@@ -13,6 +13,7 @@ name, without touching this machine's resolver.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -34,10 +35,12 @@ def installed(agent: str) -> Path:
 
 
 def agent_home() -> Path:
-    """A fresh HOME the confined user owns (pytest's own folders are root-only)."""
+    """A fresh HOME the confined user owns (pytest's own folders are root-only); removed
+    when this process exits."""
     HOMES.mkdir(mode=0o755, exist_ok=True)
     home = HOMES / uuid.uuid4().hex[:12]
     home.mkdir()
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
     os.chown(home, AGENT_UID, AGENT_UID)
     home.chmod(0o700)
     return home

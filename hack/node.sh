@@ -6,13 +6,12 @@
 # cluster CA: system:node:<name>, system:kube-proxy, system:kube-router), plus CoreDNS.
 # It advertises simulated GPUs (an extended resource, the GPU label and taint) and runs
 # real pods on this machine's CPU.
-#   node.sh up | down | status | logs
+#   node.sh up | down | status
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/versions.sh"
 source "$HACK_DIR/cluster-env.sh"
 
-KUBECONFIG_ADMIN="$KUBECONFIG_FILE"
-KCTL=(kubectl --kubeconfig "$KUBECONFIG_ADMIN")
+KCTL=(kubectl --kubeconfig "$KUBECONFIG_FILE")
 CRICTL=("$CRICTL_BIN/crictl" --runtime-endpoint "unix://$CONTAINERD_SOCK" --timeout 30s)
 CTR=(ctr --address "$CONTAINERD_SOCK" --namespace k8s.io)
 LOG_DIR="$RUN_DIR/logs"
@@ -65,7 +64,9 @@ wait_until() {  # wait_until <seconds> <what> <cmd...>
 # A client certificate signed by the cluster CA (the API server trusts it as that user).
 client_cert() {  # client_cert <file prefix> <CN> [O]
   local out="$1" cn="$2" org="${3:-}" subj
-  [[ -f "$out.crt" ]] && return 0
+  # Kept while the cluster's CA still signs it (a re-created control plane has a new CA).
+  [[ -f "$out.crt" ]] && openssl verify -CAfile "$PKI_DIR/ca.crt" "$out.crt" >/dev/null 2>&1 \
+    && return 0
   subj="/CN=$cn"; [[ -n "$org" ]] && subj="/O=$org$subj"
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
     -keyout "$out.key" -subj "$subj" -out "$out.csr" 2>/dev/null
@@ -215,7 +216,7 @@ ensure_cgroup_root() {
 }
 
 up() {
-  [[ -f "$KUBECONFIG_ADMIN" ]] || { echo "the control plane is not up ($KUBECONFIG_ADMIN)"; exit 1; }
+  [[ -f "$KUBECONFIG_FILE" ]] || { echo "the control plane is not up ($KUBECONFIG_FILE)"; exit 1; }
   bash "$HACK_DIR/testbed.sh" check || { echo "the test bed network is not up"; exit 1; }
   mkdir -p "$RUN_DIR" "$LOG_DIR" "$CONF_DIR" "$POD_LOGS_DIR" "$CONTAINERD_ROOT" "$KUBELET_DIR"
   local start=$SECONDS

@@ -15,12 +15,13 @@ import time
 from typing import Any
 
 from modeldeploy import metrics, priorityclasses
+from modeldeploy.apihealth import API, unreachable
 from modeldeploy.apply import PRUNABLE
 from modeldeploy.config import Config
 from modeldeploy.constants import LABEL_MANAGED_BY, MANAGED_BY
 from modeldeploy.context import Context
 from modeldeploy.informer import Informer, all_synced
-from modeldeploy.kube import kind_of
+from modeldeploy.kube import NotLeading, kind_of
 from modeldeploy.reconcile import reconcile
 from modeldeploy.workqueue import WorkQueue
 
@@ -30,6 +31,12 @@ MAX_BACKOFF = 60.0
 # Watched children: every kind a ModelDeployment may own, plus its pods (for status).
 WATCHED = [*PRUNABLE, kind_of("v1", "Pod")]
 OPTIONAL_KINDS = {"Certificate"}  # cert-manager's: may be absent or not allowed
+
+
+def needs_work(body: dict[str, Any]) -> bool:
+    """A spec change the status does not describe yet (or a resource never reconciled)."""
+    observed = (body.get("status") or {}).get("observedGeneration")
+    return observed != body["metadata"].get("generation")
 
 
 class Controller:
@@ -62,7 +69,7 @@ class Controller:
             return
         self.bodies[key] = body
         metrics.MANAGED.set(len(self.bodies))
-        self.queue.add(key)
+        self.queue.add(key, urgent=needs_work(body))
 
     def poke(self, namespace: str, name: str) -> None:
         """A child changed: reconcile its owner (drift is undone within seconds)."""
@@ -116,10 +123,12 @@ class Controller:
 
     async def _worker(self, index: int) -> None:
         while True:
+            # Wait before taking a key, so that once writing may start the queue's order
+            # (urgent first) decides what runs, not which keys happened to arrive first.
+            await self.active.wait()
+            await self.synced.wait()
             key = await self.queue.get()
             try:
-                await self.active.wait()
-                await self.synced.wait()
                 body = self.bodies.get(key)
                 if body is not None:
                     await self._reconcile(key, body)
@@ -132,11 +141,17 @@ class Controller:
             result = await reconcile(self.ctx, body)
         except asyncio.CancelledError:
             raise
+        except NotLeading:
+            # Leadership lapsed mid-reconcile: run it again once leading (workers wait).
+            self.queue.add(key, urgent=needs_work(body))
         except Exception as exc:  # noqa: BLE001 - one bad resource must not stop the others
+            metrics.RECONCILES.labels(result="error").inc()
             n = self.failures.get(key, 0) + 1
             self.failures[key] = n
+            if unreachable(exc):  # an outage, not this resource's fault: logged once
+                self.queue.add_after(key, API.failed(exc, n - 1), urgent=needs_work(body))
+                return
             delay = min(MAX_BACKOFF, 2.0 ** n)
-            metrics.RECONCILES.labels(result="error").inc()
             # Log the first failures and then every 10th, not every retry of a stuck one.
             if n <= 3 or n % 10 == 0:
                 log.warning("reconcile of %s/%s failed (%s: %s); attempt %d, retrying in "

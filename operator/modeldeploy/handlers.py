@@ -15,7 +15,8 @@ from typing import Any
 import kopf
 from lightkube import AsyncClient
 
-from modeldeploy import leader
+from modeldeploy import metrics
+from modeldeploy.apihealth import API, EndlessBackoffs
 from modeldeploy.config import CONFIG
 from modeldeploy.constants import (
     FIELD_MANAGER,
@@ -26,10 +27,12 @@ from modeldeploy.constants import (
 from modeldeploy.context import Context
 from modeldeploy.controller import Controller
 from modeldeploy.kube import Kube
+from modeldeploy.leader import Leadership
 
 log = logging.getLogger(__name__)
 
 _controller: Controller | None = None
+_leadership: Leadership | None = None
 
 
 def controller() -> Controller:
@@ -39,20 +42,25 @@ def controller() -> Controller:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global _controller
+    global _controller, _leadership
     # Events are posted by reconcile itself, only when a condition changes.
     settings.posting.enabled = False
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.networking.error_backoffs = [1, 2, 5, 10]
+    # Never escalate: an unreachable API server (even at start, during discovery) is
+    # waited for, not a reason to exit.
+    settings.networking.error_backoffs = EndlessBackoffs()
     client = AsyncClient(field_manager=FIELD_MANAGER)
     ctx = Context(kube=Kube(client), operator_namespace=CONFIG.operator_namespace)
     _controller = Controller(ctx, CONFIG)
     _controller.start()
     if CONFIG.leader_election:
-        leader.start(ctx.kube, CONFIG, _controller.active)
+        _leadership = Leadership(ctx.kube, CONFIG, _controller.active)
+        ctx.kube.may_write = _leadership.may_write
+        _leadership.start()
     else:
         _controller.active.set()
+        metrics.LEADER.set(1)
     log.info("modeldeploy operator started (namespaces=%s, resync=%ss, operator namespace=%s)",
              "all" if CONFIG.all_namespaces else ",".join(CONFIG.namespaces),
              CONFIG.resync_seconds, CONFIG.operator_namespace)
@@ -62,7 +70,15 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 async def cleanup(**_: Any) -> None:
     if _controller is not None:
         await _controller.stop()
-    await leader.stop()
+    if _leadership is not None:
+        await _leadership.stop()
+
+
+@kopf.on.probe(id="apiserver")
+def apiserver(**_: Any) -> str:
+    """Alive either way (the kubelet must not restart an operator that only waits), but
+    /healthz says what it waits for."""
+    return API.describe()
 
 
 @kopf.on.probe(id="queue")

@@ -1,9 +1,10 @@
 """List-then-watch of one child kind, feeding the Children index (children.py).
 
 The loop is the one client-go's informers run: list (its resourceVersion), watch from
-there, and on any error list again — the fresh listing replaces what was held, so a
-deletion missed while the watch was down is not remembered forever. Every change pokes
-the owner's reconcile (drift is undone within seconds).
+there, and on any error list again, for as long as it takes (apihealth.py). The fresh
+listing replaces what was held, so a deletion missed while the watch was down is not
+remembered forever. Every change pokes the owner's reconcile (drift is undone within
+seconds).
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from modeldeploy.apihealth import API, unreachable
 from modeldeploy.children import Children, Owner
 from modeldeploy.kube import Kind, Kube, error_message, is_status
 
 log = logging.getLogger(__name__)
-RETRY_SECONDS = (1, 2, 5, 10, 30)
 
 
 class Informer:
@@ -49,12 +50,14 @@ class Informer:
             except Exception as exc:  # noqa: BLE001 - any failure: list again after a pause
                 if self._absent(exc):
                     return
-                delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
+                if is_status(exc, 410):  # history compacted: a normal re-list, at once
+                    continue
+                delay = API.failed(exc, failures)  # logs an outage once per step
                 failures += 1
-                if not is_status(exc, 410):  # 410: history compacted, a normal re-list
+                if not unreachable(exc):
                     log.warning("watch of %s failed (%s); listing again in %ss", self,
                                 error_message(exc), delay)
-                    await asyncio.sleep(delay)
+                await asyncio.sleep(delay)
 
     def _absent(self, exc: Exception) -> bool:
         """An optional API (cert-manager's Certificate) that is not installed, or that the
@@ -68,6 +71,7 @@ class Informer:
 
     async def _list(self) -> str:
         objs, version = await self.kube.list_versioned(self.kind, self.namespace, self.labels)
+        API.succeeded()
         for owner in self.children.replace(self.kind.api_version, self.kind.kind,
                                            self.namespace, objs):
             self.poke(owner)

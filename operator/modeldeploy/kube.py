@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,12 +96,17 @@ def _scope(k: Kind, namespace: str | None) -> dict[str, str]:
     return {"namespace": namespace if namespace is not None else "*"}
 
 
-def is_status(exc: Exception, *codes: int) -> bool:
-    """Whether an API error (or a bare HTTP error from a streamed list) has these codes."""
+def status_code(exc: BaseException) -> int | None:
+    """The HTTP status of an API error (or of a bare HTTP error from a streamed list)."""
     code = getattr(getattr(exc, "status", None), "code", None)
     if code is None:
         code = getattr(getattr(exc, "response", None), "status_code", None)
-    return code in codes
+    return code
+
+
+def is_status(exc: BaseException, *codes: int) -> bool:
+    """Whether an API error (or a bare HTTP error from a streamed list) has these codes."""
+    return status_code(exc) in codes
 
 
 def error_message(exc: Exception) -> str:
@@ -117,12 +122,22 @@ def _plain(obj: Any, k: Kind) -> dict[str, Any]:
     return d
 
 
-class Kube:
-    def __init__(self, client: AsyncClient) -> None:
-        self.client = client
+class NotLeading(Exception):
+    """A write refused before it was sent: this replica does not hold a fresh lease."""
 
-    @staticmethod
-    def _write(verb: str, kind: str) -> None:
+
+class Kube:
+    def __init__(self, client: AsyncClient,
+                 may_write: Callable[[], bool] | None = None) -> None:
+        self.client = client
+        # The leader's fence (leader.py): checked before every write except the Lease's
+        # own, which is how leadership is won. None: no leader election, always allowed.
+        self.may_write = may_write
+
+    def _write(self, verb: str, kind: str) -> None:
+        if kind != "Lease" and self.may_write is not None and not self.may_write():
+            raise NotLeading(f"{verb} of a {kind} not sent: this replica does not hold "
+                             "a fresh leader lease")
         metrics.API_WRITES.labels(verb=verb, kind=kind).inc()
         counter = WRITES.get()
         if counter is not None:

@@ -12,6 +12,11 @@ RECONCILE_SECONDS = Histogram("modeldeploy_reconcile_duration_seconds",
 API_WRITES = Counter("modeldeploy_api_writes_total",
                      "Mutating API requests sent by the operator.", ["verb", "kind"])
 MANAGED = Gauge("modeldeploy_managed_resources", "ModelDeployments being watched.")
+APISERVER_REACHABLE = Gauge("modeldeploy_apiserver_reachable",
+                            "1 while the API server answers, 0 while waiting for it.")
+LEADER = Gauge("modeldeploy_leader",
+               "1 while this replica holds a fresh lease and may write (always 1 without "
+               "leader election).")
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:

@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import httpx2
 import pytest
-from modeldeploy import informer
+from modeldeploy import apihealth
 from modeldeploy.children import Children
 from modeldeploy.constants import LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY
 from modeldeploy.informer import Informer
@@ -109,9 +110,20 @@ def test_an_absent_optional_api_is_recorded_and_not_retried() -> None:
 
 
 def test_a_required_api_failing_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(informer, "RETRY_SECONDS", (0.01,))
+    monkeypatch.setattr(apihealth, "BACKOFF_SECONDS", (0.01,))
     kube = ScriptedKube(listings=[http_error(403), [svc("a", 1)]], watches=[])
     children = Children()
     inf = Informer(kube, SERVICE, "ns", {}, children, lambda _: None)  # type: ignore[arg-type]
     asyncio.run(run_until(inf, lambda: len(children) == 1))
     assert kube.lists == 2 and inf.synced.is_set()
+
+
+def test_an_unreachable_api_is_retried_for_as_long_as_it_takes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(apihealth, "BACKOFF_SECONDS", (0.001, 0.002))
+    refused = [httpx2.ConnectError("connection refused") for _ in range(40)]
+    kube = ScriptedKube(listings=[*refused, [svc("a", 1)]], watches=[])
+    children = Children()
+    inf = Informer(kube, SERVICE, "ns", {}, children, lambda _: None)  # type: ignore[arg-type]
+    asyncio.run(run_until(inf, lambda: len(children) == 1))
+    assert kube.lists == 41 and inf.synced.is_set()

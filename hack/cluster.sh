@@ -8,6 +8,9 @@
 #   cluster.sh up       start (harmless when already running)
 #   cluster.sh down     stop; no process, port, mount, namespace, link, rule or cgroup left
 #   cluster.sh status   exit 0 when the API server (and the real node) answer
+#   cluster.sh start    start again any control-plane process that died or was killed
+#                       (kwokctl starts only those whose pid is not alive), as a kubelet
+#                       restarts a static pod; the e2e outage tests use it
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/versions.sh"
 source "$HACK_DIR/cluster-env.sh"
@@ -118,6 +121,17 @@ down() {
   echo "cluster '$NAME' stopped"
 }
 
+start() {
+  [[ -f "$KWOK_CLUSTER_DIR/kwok.yaml" ]] || { echo "cluster '$NAME' was never created" >&2; exit 1; }
+  "$KWOKCTL" start cluster --name "$NAME"
+  for _ in $(seq 240); do
+    alive && { echo "cluster '$NAME' control plane running"; return 0; }
+    sleep 0.5
+  done
+  echo "cluster '$NAME' did not answer within 2 min of starting again" >&2
+  exit 1
+}
+
 status() {
   if ! alive; then
     echo "cluster '$NAME' is not running"
@@ -135,5 +149,6 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  start) start ;;
+  *) echo "usage: $0 up|down|status|start" >&2; exit 2 ;;
 esac

@@ -12,6 +12,7 @@ import json
 import socket
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -147,3 +148,32 @@ def events_for(kubectl: Kubectl, namespace: str, name: str) -> list[dict[str, An
     return json.loads(kubectl(
         "get", "events", "-n", namespace, "-o", "json", "--field-selector",
         f"involvedObject.kind=ModelDeployment,involvedObject.name={name}").stdout)["items"]
+
+
+# What one resource with autoscaling owns (the restart and outage tests' manifests).
+CHILDREN_PER_RESOURCE = {"Deployment": 1, "Service": 1, "NetworkPolicy": 1,
+                         "HorizontalPodAutoscaler": 1, "PodDisruptionBudget": 1,
+                         "ConfigMap": 1, "Secret": 2}
+
+
+def assert_children_complete(kubectl: Kubectl, namespace: str, uids: dict[str, str]) -> None:
+    """Each resource (name -> uid) owns exactly its children, each owned by it alone; no
+    orphan; one ReplicaSet and one pod each (nothing rolled or duplicated)."""
+    children = items(kubectl, namespace, CHILD_KINDS,
+                     "app.kubernetes.io/managed-by=modeldeploy,modeldeploy.io/name")
+    per_kind = Counter((c["kind"], c["metadata"]["labels"]["modeldeploy.io/name"])
+                       for c in children)
+    for name in uids:
+        for kind, count in CHILDREN_PER_RESOURCE.items():
+            assert per_kind[(kind, name)] == count, (kind, name, per_kind[(kind, name)])
+    for c in children:
+        owner = c["metadata"]["labels"]["modeldeploy.io/name"]
+        refs = c["metadata"].get("ownerReferences") or []
+        assert owner in uids, f"orphan: {c['kind']} {c['metadata']['name']}"
+        assert [r["uid"] for r in refs] == [uids[owner]], c["metadata"]["name"]
+    rs = Counter(r["metadata"]["labels"]["modeldeploy.io/name"]
+                 for r in items(kubectl, namespace, "replicasets"))
+    assert rs == Counter(dict.fromkeys(uids, 1)), rs
+    pods = Counter(p["metadata"]["labels"]["modeldeploy.io/name"]
+                   for p in items(kubectl, namespace, "pods"))
+    assert pods == Counter(dict.fromkeys(uids, 1)), pods

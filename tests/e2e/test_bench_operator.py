@@ -34,3 +34,18 @@ def test_operator_bench_smoke(kubeconfig: str, crd, tmp_path: Path) -> None:  # 
     assert r["apiserver_requests"] > 0 and r["peak_rss_mib"] > 20
     assert r["noop_reconciles"] >= 2 and r["noop_writes"] == 0, r.get("noop_writes_by_kind")
     assert r["restart_all_reconciled"] and r["restart_writes"] == 0, r
+
+
+def test_restart_bench_smoke(kubeconfig: str, crd, tmp_path: Path) -> None:  # noqa: F811
+    out = tmp_path / "restart.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "restart_bench.py"), "--n", "4",
+         "--changed", "2", "--rounds", "1", "--timeout", "120", "--kubeconfig", kubeconfig,
+         "--logdir", str(tmp_path), "--out", str(out)],
+        capture_output=True, text=True, timeout=400, cwd=ROOT)
+    logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in tmp_path.glob("*.log"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:] + logs
+    result = json.loads(out.read_text())["variants"]["current"]
+    (run,) = result["runs"]
+    # The changed resources are reconciled (a write each), after the first write.
+    assert 0 < run["first_write_seconds"] <= run["changed_converged_seconds"] < 120, run

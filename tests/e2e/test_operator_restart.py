@@ -3,12 +3,10 @@ every one, with no duplicate and no orphan children."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 from operator_helpers import (
-    CHILD_KINDS,
     apply,
+    assert_children_complete,
     crd,  # noqa: F401 - fixture
     items,
     manifest,
@@ -40,23 +38,4 @@ def test_kill_mid_reconcile_then_converge(kubectl, namespace, run_operator,
         md = wait_phase(kubectl, namespace, name, timeout=90)
         uids[name] = md["metadata"]["uid"]
 
-    children = items(kubectl, namespace, CHILD_KINDS,
-                     "app.kubernetes.io/managed-by=modeldeploy,modeldeploy.io/name")
-    per_kind = Counter((c["kind"], c["metadata"]["labels"]["modeldeploy.io/name"])
-                       for c in children)
-    for name in names:
-        for kind, count in [("Deployment", 1), ("Service", 1), ("NetworkPolicy", 1),
-                            ("HorizontalPodAutoscaler", 1), ("PodDisruptionBudget", 1),
-                            ("ConfigMap", 1), ("Secret", 2)]:
-            assert per_kind[(kind, name)] == count, (kind, name, per_kind[(kind, name)])
-    for c in children:
-        owner = c["metadata"]["labels"]["modeldeploy.io/name"]
-        refs = c["metadata"].get("ownerReferences") or []
-        assert [r["uid"] for r in refs] == [uids[owner]], c["metadata"]["name"]
-    # one ReplicaSet and one pod per resource: nothing duplicated by the restart
-    rs = Counter(r["metadata"]["labels"]["modeldeploy.io/name"]
-                 for r in items(kubectl, namespace, "replicasets"))
-    assert set(rs.values()) == {1}
-    pods = Counter(p["metadata"]["labels"]["modeldeploy.io/name"]
-                   for p in items(kubectl, namespace, "pods"))
-    assert pods == Counter(dict.fromkeys(names, 1))
+    assert_children_complete(kubectl, namespace, uids)

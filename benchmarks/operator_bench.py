@@ -110,9 +110,11 @@ class Operator:
     """`python -m modeldeploy run` as a subprocess, with an RSS sampler."""
 
     def __init__(self, namespace: str, kubeconfig: str, resync: float, log: Path,
-                 workers: int = 0) -> None:
+                 workers: int = 0, source: Path | None = None) -> None:
         self.port = free_port()
         env = {**os.environ, "KUBECONFIG": kubeconfig, "PYTHONUNBUFFERED": "1"}
+        if source is not None:  # another checkout's operator package (a baseline)
+            env["PYTHONPATH"] = str(source / "operator")
         self.log = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "modeldeploy", "run", "--namespace", namespace,

@@ -16,7 +16,10 @@ BENCH_QWEN_OUT_TOKENS ?= 16
 BENCH_THREADS ?= 2
 export BENCH_THREADS
 
-.PHONY: bench bench-operator bench-server bench-gpu
+# The operator before the restart-ordering change, for bench-restart's same-run baseline.
+BENCH_BASELINE ?= f4a0f2a
+
+.PHONY: bench bench-operator bench-restart bench-server bench-gpu
 
 bench: bench-operator bench-server ## benchmarks: operator at N=10..1000, server vs baselines (long)
 	@echo ">> results in $(BENCH_OUT); benchmarks/RESULTS.md quotes them"
@@ -32,6 +35,18 @@ bench-operator: venv binaries
 	  MODELDEPLOY_CLUSTER=bench bash hack/cluster.sh down; exit $$rc
 	$(PY) benchmarks/plots.py operator $(BENCH_OUT)/operator.json $(BENCH_OUT)/operator.png
 	$(PY) benchmarks/tables.py operator $(BENCH_OUT)/operator.json
+
+bench-restart: venv binaries ## time to first write after a restart at N=1000, vs the baseline commit
+	@MODELDEPLOY_CLUSTER=bench bash hack/cluster.sh up
+	KUBECONFIG=$(BENCH_KUBECONFIG) kubectl apply --server-side --force-conflicts -f crds/
+	KUBECONFIG=$(BENCH_KUBECONFIG) kubectl wait --for=condition=Established --timeout=60s \
+	  crd/modeldeployments.modeldeploy.io
+	@[ -d .cache/baseline-$(BENCH_BASELINE) ] || \
+	  git worktree add --detach .cache/baseline-$(BENCH_BASELINE) $(BENCH_BASELINE)
+	$(PY) benchmarks/restart_bench.py --n 1000 --changed 10 --rounds 2 \
+	  --baseline .cache/baseline-$(BENCH_BASELINE) --baseline-label $(BENCH_BASELINE) \
+	  --kubeconfig $(BENCH_KUBECONFIG) --add-nodes 4 --out $(BENCH_OUT)/restart.json; \
+	  rc=$$?; MODELDEPLOY_CLUSTER=bench bash hack/cluster.sh down; exit $$rc
 
 bench-server: venv
 	$(PY) benchmarks/server_bench.py sweep --model smollm2 --concurrency $(BENCH_LEVELS) \

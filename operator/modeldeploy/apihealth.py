@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 
@@ -29,13 +30,19 @@ def backoff(attempt: int) -> float:
 
 
 class EndlessBackoffs:
-    """kopf's `error_backoffs`: an iterable without a length is never exhausted, so kopf's
-    own requests (API discovery, the ModelDeployment watch) retry forever instead of
-    escalating and stopping the operator."""
+    """kopf's `error_backoffs`, endless during an outage: kopf asks for the next pause
+    before each retry and escalates when there is none, so its own requests (API
+    discovery, the ModelDeployment watch) keep retrying while the API server is down
+    instead of stopping the operator. A refusal kopf also retries (403 where the operator
+    may not list namespaces, 429) still ends after the four steps and escalates, which kopf
+    handles. kopf's outage retries reach ApiHealth through KopfRetryFilter (below)."""
+
+    def __init__(self, health: ApiHealth | None = None) -> None:
+        self._health = health
 
     def __iter__(self) -> Iterator[float]:
         attempt = 0
-        while True:
+        while attempt < len(BACKOFF_SECONDS) or (self._health or API).down_since is not None:
             yield backoff(attempt)
             attempt += 1
 
@@ -84,16 +91,18 @@ class ApiHealth:
         """Record a failure; returns the pause before the next attempt. Logs only a new
         backoff step of an outage (the caller logs failures that are not an outage)."""
         delay = backoff(attempt)
-        if not unreachable(exc):
-            return delay
+        if unreachable(exc):
+            self.outage(f"{type(exc).__name__}: {exc}", delay)
+        return delay
+
+    def outage(self, detail: str, delay: float) -> None:
         if self.down_since is None:
             self.down_since = self._clock()
         metrics.APISERVER_REACHABLE.set(0)
         if delay not in self._steps_logged:
             self._steps_logged.add(delay)
-            log.warning("API server unreachable for %.0fs (%s: %s); retrying every %.0fs",
-                        self._clock() - self.down_since, type(exc).__name__, exc, delay)
-        return delay
+            log.warning("API server unreachable for %.0fs (%s); retrying every %.0fs",
+                        self._clock() - self.down_since, detail, delay)
 
     def describe(self) -> str:
         """For /healthz: still alive either way, and says what it is waiting for."""
@@ -103,3 +112,22 @@ class ApiHealth:
 
 
 API = ApiHealth()  # the process's one view
+
+
+# kopf logs every failed attempt of each of its requests ("Request attempt #3 failed; will
+# retry: GET … -> ClientConnectorError(…)"). Those that are an outage go to ApiHealth's
+# one line per backoff step instead; any other failure (403, 429, …) is left as it is.
+_KOPF_RETRY = re.compile(r"^Request attempt #(\d+)\S* failed; will retry: (\S+ \S+) -> (\w+)")
+_KOPF_OUTAGE_ERRORS = ("ClientConnectorError", "ClientConnectionError", "ServerDisconnectedError",
+                       "ClientOSError", "TimeoutError", "ServerTimeoutError", "APIServerError")
+
+
+class KopfRetryFilter(logging.Filter):
+    """On the log handlers: folds kopf's per-request outage retries into ApiHealth."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        m = _KOPF_RETRY.match(record.getMessage())
+        if not m or m.group(3) not in _KOPF_OUTAGE_ERRORS:
+            return True
+        API.outage(f"{m.group(3)} on {m.group(2)}", backoff(int(m.group(1)) - 1))
+        return False

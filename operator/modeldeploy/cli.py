@@ -87,6 +87,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                    log_format=kopf.LogFormat.JSON if args.log_format == "json"
                    else kopf.LogFormat.PLAIN)
     import modeldeploy.handlers  # noqa: F401 - registers the kopf handlers
+    from modeldeploy.apihealth import KopfRetryFilter
+
+    for handler in logging.getLogger().handlers:  # kopf.configure's
+        handler.addFilter(KopfRetryFilter())
 
     # One line per HTTP request would drown the operator's own log.
     for noisy in ("httpx", "httpx2", "httpcore", "httpcore2"):

@@ -20,14 +20,25 @@ def api_error(code: int) -> ApiError:
     return ApiError(response=response)
 
 
-def test_kopf_backoffs_never_run_out_and_restart_per_request() -> None:
-    backoffs = apihealth.EndlessBackoffs()
+def test_kopf_backoffs_never_run_out_during_an_outage_only() -> None:
+    health = apihealth.ApiHealth(clock=lambda: 0.0)  # not reached yet: waiting for it
+    backoffs = apihealth.EndlessBackoffs(health)
     first = list(itertools.islice(backoffs, 50))
     assert first[:4] == list(apihealth.BACKOFF_SECONDS)
     assert set(first[4:]) == {apihealth.BACKOFF_SECONDS[-1]}
     # kopf escalates after the last item of a sized sequence: this one has no length.
     assert not hasattr(backoffs, "__len__")
     assert next(iter(backoffs)) == apihealth.BACKOFF_SECONDS[0]  # a new request starts over
+    # Reachable: a refusal kopf retries (403 listing namespaces) ends after the steps.
+    health.succeeded()
+    assert list(backoffs) == list(apihealth.BACKOFF_SECONDS)
+    # An outage beginning mid-sequence keeps it going, and its end stops it.
+    steps = iter(backoffs)
+    assert [next(steps) for _ in range(4)] == list(apihealth.BACKOFF_SECONDS)
+    health.failed(httpx2.ConnectError("refused"), 0)
+    assert next(steps) == apihealth.BACKOFF_SECONDS[-1]
+    health.succeeded()
+    assert list(steps) == []
 
 
 @pytest.mark.parametrize(("exc", "outage"), [
@@ -72,3 +83,26 @@ def test_a_refusal_is_not_an_outage() -> None:
     health.succeeded()
     health.failed(api_error(403), 0)
     assert health.describe() == "connected to the API server"
+
+
+def test_kopf_retries_of_an_outage_fold_into_the_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    t = [0.0]
+    health = apihealth.ApiHealth(clock=lambda: t[0])
+    health.succeeded()
+    monkeypatch.setattr(apihealth, "API", health)
+    folded = apihealth.KopfRetryFilter()
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("kopf._cogs.clients.watching", logging.ERROR, __file__, 1,
+                                 message, None, None)
+
+    outage = ("Request attempt #{n} failed; will retry: GET https://127.0.0.1:6443/apis -> "
+              "ClientConnectorError(ConnectionKey(host='127.0.0.1', port=6443), "
+              "ConnectionRefusedError(111, 'Connect call failed'))")
+    assert not folded.filter(record(outage.format(n=1)))  # dropped: ApiHealth speaks for it
+    assert health.describe().startswith("waiting for the API server")
+    # Not an outage (a refusal kopf retries too): left in the log as kopf wrote it.
+    forbidden = ("Request attempt #2/9 failed; will retry: GET https://x/apis -> "
+                 "APIForbiddenError('forbidden')")
+    assert folded.filter(record(forbidden))
+    assert folded.filter(record("Watching for resources in namespace"))

@@ -22,6 +22,10 @@ TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.6"
 # create the user, and the pods the operator renders run as it (the chart's default
 # podSecurityContext too), so a pod never runs as a user its image does not have.
 IMAGE_UID = 10001
+# How long the bundled server lets one request run (its --request-timeout default), and so
+# how long a generated agent config waits for a turn: a long prefill on a slow node sends
+# no token for minutes, and OpenClaw's own idle timeout would give up first.
+SERVER_REQUEST_TIMEOUT_SECONDS = 600
 
 FIELD_MANAGER = "modeldeploy"
 

@@ -21,6 +21,7 @@ from modeldeploy.render import (
     tls,
 )
 from modeldeploy.render.meta import owner_reference
+from modelserver.config import Settings
 
 pytestmark = pytest.mark.unit
 
@@ -223,6 +224,8 @@ def test_clawdbot_configmap() -> None:
     claw = json.loads(cm["data"]["openclaw.json"])
     claw_provider = claw["models"]["providers"]["lan"]
     assert claw_provider.pop("request") == {"allowPrivateNetwork": True}
+    # ...and waits for a turn as long as the server lets a request run (a long prefill)
+    assert claw_provider.pop("timeoutSeconds") == Settings().request_timeout == 600
     assert claw_provider["models"][0].pop("compat") == {"supportsUsageInStreaming": True}
     assert claw == cfg
     assert "request" not in provider

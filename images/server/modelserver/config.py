@@ -11,6 +11,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from modeldeploy.constants import SERVER_REQUEST_TIMEOUT_SECONDS
+
 ENV_PREFIX = "MODELSERVER_"
 
 
@@ -66,7 +68,7 @@ class Settings:
     no_auth: bool = False
     allow_cidr: list[str] = field(default_factory=list)
     max_body_bytes: int = 4 * 1024 * 1024
-    request_timeout: float = 600.0
+    request_timeout: float = float(SERVER_REQUEST_TIMEOUT_SECONDS)
     redact_logs: bool = False
     cache_redis_url: str | None = None
     cache_ttl: int = 3600

@@ -8,7 +8,9 @@ differ in one place, so each gets its own file:
   `request.allowPrivateNetwork` (its network guard refuses a provider whose host name
   resolves to a private address, a cluster Service or a LAN name, without it) and each
   model's `compat.supportsUsageInStreaming` (without it OpenClaw asks a custom provider
-  for no usage and records every turn as 0 tokens, cached prefix included).
+  for no usage and records every turn as 0 tokens, cached prefix included), and the
+  provider's `timeoutSeconds`: the server's request timeout (OpenClaw's shorter default
+  idle timeout gave up during a long CPU prefill that sends no token for minutes).
 - `clawbot.json`: the deployment guide's own format (model_server + inference_params).
 - `ca.crt`: the CA that signed the server certificate, for NODE_EXTRA_CA_CERTS.
 The API key is a `${MODELDEPLOY_API_KEY}` reference, so the ConfigMap holds no secret;
@@ -21,7 +23,7 @@ import json
 from typing import Any
 from urllib.parse import urlparse
 
-from modeldeploy.constants import CLAWDBOT_MIN_CONTEXT
+from modeldeploy.constants import CLAWDBOT_MIN_CONTEXT, SERVER_REQUEST_TIMEOUT_SECONDS
 from modeldeploy.render.meta import metadata
 from modeldeploy.spec import Spec
 
@@ -63,6 +65,7 @@ def openclaw_json(spec: Spec, api_key: str | None = None) -> dict[str, Any]:
     config = clawdbot_json(spec, api_key)
     for provider in config["models"]["providers"].values():
         provider["request"] = {"allowPrivateNetwork": True}
+        provider["timeoutSeconds"] = SERVER_REQUEST_TIMEOUT_SECONDS
         for model in provider["models"]:
             model["compat"] = {"supportsUsageInStreaming": True}
     return config

@@ -110,7 +110,8 @@ class Operator:
     """`python -m modeldeploy run` as a subprocess, with an RSS sampler."""
 
     def __init__(self, namespace: str, kubeconfig: str, resync: float, log: Path,
-                 workers: int = 0, source: Path | None = None) -> None:
+                 workers: int = 0, source: Path | None = None,
+                 extra: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         env = {**os.environ, "KUBECONFIG": kubeconfig, "PYTHONUNBUFFERED": "1"}
         if source is not None:  # another checkout's operator package (a baseline)
@@ -120,7 +121,7 @@ class Operator:
             [sys.executable, "-m", "modeldeploy", "run", "--namespace", namespace,
              "--operator-namespace", namespace, "--resync-seconds", str(resync),
              "--metrics-port", str(self.port),
-             *(["--workers", str(workers)] if workers else [])],
+             *(["--workers", str(workers)] if workers else []), *extra],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.peak_rss = 0
         self._stop = threading.Event()

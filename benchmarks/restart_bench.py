@@ -8,7 +8,10 @@ where a FIFO queue fed in listing order serves them last), and the variant is st
 Measured from its start:
 
 - first_write_seconds: its first mutating request (`modeldeploy_api_writes_total`);
-- changed_converged_seconds: every changed resource's status describes its generation.
+- changed_converged_seconds: every changed resource's status describes its generation;
+- from its JSON log, where the time before the first write goes: startup_seconds (the
+  interpreter, imports and kopf until the startup handler), listed_seconds (every child
+  kind listed: reconciles wait for it), first_write_logged_seconds.
 
 Usage (`make bench-restart` starts the separate `bench` cluster and a baseline worktree):
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import datetime as dt
 import json
 import os
 import statistics
@@ -60,10 +64,31 @@ def change(kubeconfig: str, namespace: str, names: list[str], replicas: int) -> 
         list(pool.map(one, names))
 
 
+def milestones(log: Path, started_at: float) -> dict[str, float | None]:
+    """Seconds from the process start to the log's milestones (JSON lines, wall clock):
+    the operator's startup handler ran, every child kind was listed, the first write."""
+    marks: dict[str, float | None] = {"startup_seconds": None, "listed_seconds": None,
+                                      "first_write_logged_seconds": None}
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        t = dt.datetime.fromisoformat(record["timestamp"]).timestamp() - started_at
+        message = record.get("message", "")
+        key = ("startup_seconds" if message.startswith("modeldeploy operator started") else
+               "listed_seconds" if "children listed in" in message else
+               "first_write_logged_seconds" if message.startswith("applied ") else None)
+        if key and marks[key] is None:
+            marks[key] = round(t, 2)
+    return marks
+
+
 def restart_once(op_args: dict[str, Any], kubeconfig: str, namespace: str,
                  changed: list[str], timeout: float) -> dict[str, float | None]:
-    t0 = time.monotonic()
-    op = Operator(**op_args)
+    op_args["log"].unlink(missing_ok=True)  # the Operator appends: start this run's log afresh
+    t0, started_at = time.monotonic(), time.time()
+    op = Operator(**op_args, extra=("--log-format", "json"))
     first_write = done = None
     try:
         while time.monotonic() < t0 + timeout and done is None:
@@ -78,7 +103,8 @@ def restart_once(op_args: dict[str, Any], kubeconfig: str, namespace: str,
     finally:
         op.stop()
     return {"first_write_seconds": None if first_write is None else round(first_write, 2),
-            "changed_converged_seconds": None if done is None else round(done, 2)}
+            "changed_converged_seconds": None if done is None else round(done, 2),
+            **milestones(op_args["log"], started_at)}
 
 
 def summary(runs: list[dict[str, float | None]], key: str) -> dict[str, float | None]:

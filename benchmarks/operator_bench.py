@@ -382,6 +382,19 @@ def add_nodes(kubeconfig: str, count: int) -> None:
                    text=True, check=True, capture_output=True)
 
 
+def prepare(p: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
+    """What every operator benchmark does first (its --kubeconfig, --logdir and --add-nodes):
+    returns the log directory."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally: blocks
+    if not args.kubeconfig:
+        p.error("--kubeconfig or $KUBECONFIG is required")
+    logdir = Path(args.logdir or (ROOT / ".cache" / "bench-logs"))
+    logdir.mkdir(parents=True, exist_ok=True)
+    if args.add_nodes:
+        add_nodes(args.kubeconfig, args.add_nodes)
+    return logdir
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
@@ -395,13 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="")
     p.add_argument("--logdir", default="")
     args = p.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally: blocks
-    if not args.kubeconfig:
-        p.error("--kubeconfig or $KUBECONFIG is required")
-    logdir = Path(args.logdir or (ROOT / ".cache" / "bench-logs"))
-    logdir.mkdir(parents=True, exist_ok=True)
-    if args.add_nodes:
-        add_nodes(args.kubeconfig, args.add_nodes)
+    logdir = prepare(p, args)
     results = []
     for n in args.sizes:
         r = run_one(n, args.kubeconfig, args.resync_seconds, args.timeout, logdir,

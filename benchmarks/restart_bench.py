@@ -35,7 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from operator_bench import ROOT, Operator, add_nodes, manifest
+from operator_bench import Operator, manifest, prepare
 
 
 def kubectl(kubeconfig: str, *args: str, input: str | None = None) -> str:
@@ -127,12 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="")
     p.add_argument("--logdir", default="")
     args = p.parse_args(argv)
-    if not args.kubeconfig:
-        p.error("--kubeconfig or $KUBECONFIG is required")
-    logdir = Path(args.logdir or (ROOT / ".cache" / "bench-logs"))
-    logdir.mkdir(parents=True, exist_ok=True)
-    if args.add_nodes:
-        add_nodes(args.kubeconfig, args.add_nodes)
+    logdir = prepare(p, args)
     kc = args.kubeconfig
     ns = f"restart-n{args.n}-{uuid.uuid4().hex[:6]}"
     kubectl(kc, "create", "namespace", ns)

@@ -129,12 +129,9 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-@pytest.fixture
-def run_operator(kubeconfig: str, tmp_path: Path, request: pytest.FixtureRequest):
-    """Factory: run_operator(*extra_args, env=None) starts the operator; stopped at teardown.
-
-    Its combined log is attached to the report when the test fails.
-    """
+def operators(kubeconfig: str, tmp_path: Path, request: pytest.FixtureRequest):
+    """The run_operator factory against any cluster's kubeconfig (a generator for a
+    fixture to `yield from`)."""
     started: list[OperatorProcess] = []
 
     def start(*extra: str, env: dict[str, str] | None = None) -> OperatorProcess:
@@ -147,6 +144,15 @@ def run_operator(kubeconfig: str, tmp_path: Path, request: pytest.FixtureRequest
     yield start
     for op in started:
         op.stop()
+
+
+@pytest.fixture
+def run_operator(kubeconfig: str, tmp_path: Path, request: pytest.FixtureRequest):
+    """Factory: run_operator(*extra_args, env=None) starts the operator; stopped at teardown.
+
+    Its combined log is attached to the report when the test fails.
+    """
+    yield from operators(kubeconfig, tmp_path, request)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 import pytest
 import yaml
-from conftest import OperatorProcess
+from conftest import operators
 from modeldeploy.apihealth import BACKOFF_SECONDS
 from modeldeploy.metrics import metric_sum
 from operator_helpers import (
@@ -111,18 +111,7 @@ def cluster() -> Iterator[Cluster]:
 @pytest.fixture
 def run_operator(cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest):
     """conftest's run_operator, against this module's cluster (not the shared one)."""
-    started: list[OperatorProcess] = []
-
-    def start(*extra: str) -> OperatorProcess:
-        env = {**os.environ, "KUBECONFIG": cluster.kubeconfig, "PYTHONUNBUFFERED": "1"}
-        op = OperatorProcess(list(extra), env, tmp_path / f"operator-{len(started)}.log")
-        started.append(op.start())
-        return op
-
-    request.node.modeldeploy_operators = started  # logs attached to a failure's report
-    yield start
-    for op in started:
-        op.stop()
+    yield from operators(cluster.kubeconfig, tmp_path, request)
 
 
 def healthz(port: int) -> dict[str, Any]:

@@ -109,7 +109,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from modeldeploy.pki import KeyPair
-    from modeldeploy.render import Inputs, desired
+    from modeldeploy.render import desired
+    from modeldeploy.render.facts import Inputs
     from modeldeploy.spec import parse
 
     if args.filename == "-":

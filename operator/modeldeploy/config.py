@@ -27,8 +27,6 @@ class Config:
     operator_namespace: str = "default"
     resync_seconds: float = 60.0
     workers: int = 4
-    metrics_port: int = 0
-    health_port: int = 0
     leader_election: bool = False
     lease_name: str = "modeldeploy-operator"
     lease_seconds: float = 15.0

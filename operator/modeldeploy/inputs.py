@@ -14,7 +14,8 @@ from modeldeploy.apply import Observed
 from modeldeploy.constants import CA_SECRET_NAME, LABEL_MANAGED_BY, MANAGED_BY
 from modeldeploy.context import Context, now_utc, rfc3339
 from modeldeploy.kube import error_message, is_status, kind_of
-from modeldeploy.render import Inputs, apikeys, tls
+from modeldeploy.render import apikeys, tls
+from modeldeploy.render.facts import Inputs
 from modeldeploy.spec import Spec
 from modeldeploy.status import Cond
 

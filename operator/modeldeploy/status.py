@@ -149,65 +149,94 @@ def _problem(problems: list[Cond], type_: str) -> Cond | None:
     return next((p for p in problems if p.type == type_), None)
 
 
-def compute(spec: Spec, obs: Observed) -> tuple[str, list[Cond], dict[str, Any]]:
-    """(phase, conditions, plain fields) for the observed state."""
-    dep = obs.deployment or {}
+@dataclass(frozen=True)
+class Replicas:
+    """What the Deployment reports: wanted and ready counts, and whether it has rolled."""
+
+    desired: int
+    ready: int
+    rolled: bool
+
+
+def replicas(spec: Spec, deployment: dict[str, Any] | None) -> Replicas:
+    dep = deployment or {}
     dep_status = dep.get("status") or {}
+    # Until a Deployment reports its replicas, count what the spec asks for.
     desired = (dep.get("spec") or {}).get("replicas", spec.desired_replicas)
-    ready = int(dep_status.get("readyReplicas") or 0)
     updated = int(dep_status.get("updatedReplicas") or 0)
+    # Rolled: the controller has seen the latest template and replaced every pod.
     rolled = (dep_status.get("observedGeneration", 0) >= (dep.get("metadata") or {})
               .get("generation", 0)) and updated >= desired
-    pods = [p for p in obs.pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    return Replicas(desired, int(dep_status.get("readyReplicas") or 0), rolled)
 
-    sched = scheduled(pods)
-    health = healthy(pods)
-    model = model_ready(spec, pods, ready)
-    reconciled = _problem(obs.problems, "Reconciled") or Cond(
+
+def live_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pods not being deleted: a terminating pod's state says nothing about the new ones."""
+    return [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+
+
+def reconciled(problems: list[Cond]) -> Cond:
+    return _problem(problems, "Reconciled") or Cond(
         "Reconciled", "True", "Applied", "all children are up to date")
-    tls = _problem(obs.problems, "TLSReady") or (
-        Cond("TLSReady", "True", "Issued" if spec.tls.mode == "operator" else "Configured",
-             f"serving TLS {spec.tls.min_version}+ with Secret {spec.tls_secret_name}")
-        if spec.tls.enabled else Cond("TLSReady", "False", "Disabled", "TLS is disabled"))
-    avail = Cond("Available", "True" if ready >= max(desired, 1) or desired == 0 else "False",
-                 "MinimumReplicasAvailable" if ready >= desired else "ReplicasNotReady",
-                 f"{ready}/{desired} replicas ready")
 
-    if reconciled.status == "False":
-        phase = "Failed" if ready == 0 else "Degraded"
-    elif ready == 0 and desired > 0 and (health.status == "False"
-                                         or model.reason == "ModelFetchFailed"):
-        phase = "Failed"
-    elif ready >= desired and rolled:
-        phase = "Ready"
-    elif ready > 0 and (health.status == "False" or sched.status == "False"):
-        phase = "Degraded"
-    elif ready == 0 and (sched.status != "True" or model.reason == "Downloading"):
-        phase = "Pending"
-    else:
-        phase = "Progressing"
+
+def tls_ready(spec: Spec, problems: list[Cond]) -> Cond:
+    problem = _problem(problems, "TLSReady")
+    if problem:
+        return problem
+    if not spec.tls.enabled:
+        return Cond("TLSReady", "False", "Disabled", "TLS is disabled")
+    return Cond("TLSReady", "True", "Issued" if spec.tls.mode == "operator" else "Configured",
+                f"serving TLS {spec.tls.min_version}+ with Secret {spec.tls_secret_name}")
+
+
+def available(r: Replicas) -> Cond:
+    return Cond("Available",
+                "True" if r.ready >= max(r.desired, 1) or r.desired == 0 else "False",
+                "MinimumReplicasAvailable" if r.ready >= r.desired else "ReplicasNotReady",
+                f"{r.ready}/{r.desired} replicas ready")
+
+
+def phase_of(r: Replicas, recon: Cond, health: Cond, model: Cond, sched: Cond) -> str:
+    """The one-word summary; the first matching rule wins, worst first."""
+    if recon.status == "False":
+        return "Failed" if r.ready == 0 else "Degraded"
+    if r.ready == 0 and r.desired > 0 and (health.status == "False"
+                                           or model.reason == "ModelFetchFailed"):
+        return "Failed"
+    if r.ready >= r.desired and r.rolled:
+        return "Ready"
+    if r.ready > 0 and (health.status == "False" or sched.status == "False"):
+        return "Degraded"
+    if r.ready == 0 and (sched.status != "True" or model.reason == "Downloading"):
+        return "Pending"
+    return "Progressing"
+
+
+def ready_condition(spec: Spec, phase: str, r: Replicas, causes: list[Cond]) -> Cond:
+    """Ready, or why not: the message of the first False condition in `causes`."""
     if phase == "Ready":
-        ready_cond = Cond("Ready", "True", "Ready", f"{ready}/{desired} replicas serving "
-                          f"{spec.model.served_name} at {spec.base_url}")
-    else:
-        worst = next((c for c in (reconciled, health, model, sched, tls, avail)
-                      if c.status == "False"), None)
-        ready_cond = Cond("Ready", "False", phase,
-                          worst.message if worst else f"{ready}/{desired} replicas ready")
+        return Cond("Ready", "True", "Ready", f"{r.ready}/{r.desired} replicas serving "
+                    f"{spec.model.served_name} at {spec.base_url}")
+    worst = next((c for c in causes if c.status == "False"), None)
+    return Cond("Ready", "False", phase,
+                worst.message if worst else f"{r.ready}/{r.desired} replicas ready")
+
+
+def clawdbot_compatible(spec: Spec) -> Cond:
     ok, why = clawdbot.compatible(spec)
-    claw = Cond("ClawdbotCompatible", "True" if ok else "False",
+    return Cond("ClawdbotCompatible", "True" if ok else "False",
                 "ContextWindowOK" if ok else "ContextWindowTooSmall", why)
-    conds = [ready_cond, sched, avail, health, model, tls, reconciled]
-    if spec.autoscaling is not None:
-        conds.append(autoscaler(obs.hpa))
-    if spec.clawdbot.enabled:
-        conds.append(claw)
-    fields: dict[str, Any] = {
+
+
+def status_fields(spec: Spec, obs: Observed, phase: str, r: Replicas) -> dict[str, Any]:
+    """The plain (non-condition) status fields; None means "leave the field out"."""
+    return {
         "phase": phase,
         "observedGeneration": obs.generation,
-        "replicas": desired,
-        "readyReplicas": ready,
-        "ready": f"{ready}/{desired}",
+        "replicas": r.desired,
+        "readyReplicas": r.ready,
+        "ready": f"{r.ready}/{r.desired}",
         "endpoint": spec.endpoint,
         "url": spec.base_url,
         "apiKeySecret": spec.api_key_secret_name if spec.auth.enabled else None,
@@ -215,7 +244,27 @@ def compute(spec: Spec, obs: Observed) -> tuple[str, list[Cond], dict[str, Any]]
         "clawdbotConfigMap": spec.clawdbot_configmap_name if spec.clawdbot.enabled else None,
         "gpuMemory": spec.resources.gpu_memory,
     }
-    return phase, conds, fields
+
+
+def compute(spec: Spec, obs: Observed) -> tuple[str, list[Cond], dict[str, Any]]:
+    """(phase, conditions, plain fields) for the observed state."""
+    r = replicas(spec, obs.deployment)
+    pods = live_pods(obs.pods)
+    sched = scheduled(pods)
+    health = healthy(pods)
+    model = model_ready(spec, pods, r.ready)
+    recon = reconciled(obs.problems)
+    tls = tls_ready(spec, obs.problems)
+    avail = available(r)
+    phase = phase_of(r, recon, health, model, sched)
+    # Ready's message names the first failing cause, in this order of importance.
+    ready = ready_condition(spec, phase, r, [recon, health, model, sched, tls, avail])
+    conds = [ready, sched, avail, health, model, tls, recon]
+    if spec.autoscaling is not None:
+        conds.append(autoscaler(obs.hpa))
+    if spec.clawdbot.enabled:
+        conds.append(clawdbot_compatible(spec))
+    return phase, conds, status_fields(spec, obs, phase, r)
 
 
 def build(spec: Spec, obs: Observed, old: dict[str, Any], now: str) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from modeldeploy.render import Inputs
+from modeldeploy.render.facts import Inputs
 from modeldeploy.spec import Spec, parse
 
 BASE: dict[str, Any] = {"model": {"source": "hf://org/model", "contextWindow": 32768}}

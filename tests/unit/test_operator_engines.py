@@ -102,3 +102,24 @@ def test_user_args_env_and_image_come_last() -> None:
                                            "env": [{"name": "A", "value": "b"}]}}))
     assert p.image == "me/server:1" and p.args[-2:] == ["--x", "1"]
     assert p.env[-1] == {"name": "A", "value": "b"}
+
+
+@pytest.mark.parametrize(("kind", "image", "fetch_image"), [
+    ("builtin", None, DEFAULT_IMAGE),
+    # A custom builtin image is still a modelserver, so it fills the cache itself.
+    ("builtin", "me/server:1", "me/server:1"),
+    ("vllm", "me/vllm:1", DEFAULT_IMAGE),
+    ("tgi", None, DEFAULT_IMAGE),
+])
+def test_every_engine_fills_the_cache_with_modelserver_fetch(
+        kind: str, image: str | None, fetch_image: str) -> None:
+    engine = {"kind": kind, **({"image": image} if image else {})}
+    p = engines.plan(make_spec({"engine": engine, "tls": {"mode": "disabled"},
+                                "model": {"cache": {"size": "50Gi"}}}))
+    assert p.fetch is not None
+    assert (p.fetch.image, p.fetch.command) == (fetch_image, ["modelserver"])
+    assert p.fetch.args[:3] == ["fetch", "--model", "hf://org/model"]
+
+
+def test_no_cache_volume_means_no_fetch() -> None:
+    assert engines.plan(make_spec()).fetch is None

@@ -1,41 +1,29 @@
 """Pure renderers: typed spec (+ the few facts read from the cluster) → child manifests.
 
-`desired()` is the whole set one ModelDeployment wants; nothing here does I/O.
+`desired()` is the whole set one ModelDeployment wants; nothing here does I/O. What it
+needs from the cluster is render/facts.py's Inputs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from modeldeploy.pki import KeyPair
+from modeldeploy.render import (
+    apikeys,
+    autoscaling,
+    cache,
+    clawdbot,
+    ingress,
+    networkpolicy,
+    service,
+    tls,
+    workload,
+)
+from modeldeploy.render.facts import Inputs
 from modeldeploy.spec import Spec
 
 
-@dataclass(frozen=True)
-class Inputs:
-    """Facts reconcile gathered from the cluster (or generated) for the renderers."""
-
-    operator_namespace: str
-    api_keys: list[str]
-    tls_leaf: KeyPair | None = None
-    tls_not_after: str = ""
-    ca_cert_pem: str | None = None
-
-
 def desired(spec: Spec, inputs: Inputs) -> list[dict[str, Any]]:
-    from modeldeploy.render import (
-        apikeys,
-        autoscaling,
-        cache,
-        clawdbot,
-        ingress,
-        networkpolicy,
-        service,
-        tls,
-        workload,
-    )
-
     children: list[dict[str, Any] | None] = [
         cache.render(spec),
         apikeys.render(spec, inputs.api_keys),

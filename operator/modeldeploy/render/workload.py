@@ -2,7 +2,8 @@
 
 GPU requests, toleration and product affinity, priority class, Guaranteed QoS, probes,
 /dev/shm, model source and cache, TLS and API key mounts, pod security. What an engine
-needs (args, image, health path) comes from render.engines.plan().
+needs (args, image, health path, how the model cache is filled) comes from
+render.engines.plan(); nothing here knows which engine it is.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ from typing import Any
 
 from modeldeploy.constants import (
     AUTH_DIR,
-    DEFAULT_IMAGE,
     HOME_DIR,
     IMAGE_UID,
     PVC_MODELS_DIR,
     TLS_DIR,
 )
 from modeldeploy.render import engines
-from modeldeploy.render.engines import builtin
+from modeldeploy.render.engines.engine_plan import FetchPlan
 from modeldeploy.render.meta import metadata, pod_labels, selector_labels
 from modeldeploy.spec import Spec
 
@@ -147,16 +147,14 @@ def volumes_and_mounts(spec: Spec) -> tuple[list[dict[str, Any]], list[dict[str,
     return vols, mounts
 
 
-def init_containers(spec: Spec) -> list[dict[str, Any]]:
-    if spec.model.cache is None:
+def init_containers(spec: Spec, fetch: FetchPlan | None) -> list[dict[str, Any]]:
+    if fetch is None:
         return []
     return [{
         "name": "fetch-model",
-        # The bundled image's fetch command verifies checksums, whatever engine serves.
-        "image": DEFAULT_IMAGE if spec.engine.kind != "builtin" or not spec.engine.image
-        else spec.engine.image,
-        "command": ["modelserver"],
-        "args": builtin.fetch_args(spec),
+        "image": fetch.image,
+        "command": fetch.command,
+        "args": fetch.args,
         "env": [{"name": "HOME", "value": HOME_DIR}],
         "resources": {"requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
                       "limits": {"cpu": spec.resources.cpu, "memory": spec.resources.memory}},
@@ -201,7 +199,7 @@ def render(spec: Spec) -> dict[str, Any]:
         "containers": [container],
         "volumes": vols,
     }
-    inits = init_containers(spec)
+    inits = init_containers(spec, plan.fetch)
     if inits:
         pod["initContainers"] = inits
     if spec.placement.node_selector:

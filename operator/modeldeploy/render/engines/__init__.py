@@ -1,36 +1,28 @@
 """One module per inference engine; the generic pod plan only sees an EnginePlan.
 
 Engine-specific knowledge (image, command-line flags, health path, metric names, which
-quantizations exist, how tool calling is switched on) never leaks into render/workload.py.
+quantizations exist, how tool calling is switched on, how the model cache is filled)
+never leaks into render/workload.py. This package is the registry: kind → module, and
+plan() applies what the user set on top of the engine's own plan. The types live in
+engine_plan.py so the engine modules can import them without a cycle.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
 from types import ModuleType
-from typing import Any
 
+from modeldeploy.render.engines import builtin, tgi, vllm
+from modeldeploy.render.engines.engine_plan import EnginePlan
 from modeldeploy.spec import Spec
 
-
-@dataclass(frozen=True)
-class EnginePlan:
-    image: str
-    command: list[str] | None
-    args: list[str]
-    env: list[dict[str, Any]] = field(default_factory=list)
-    health_path: str = "/health"
-    # Prometheus gauge names the HPA scales on, by autoscaling.metric.
-    metrics: dict[str, str] = field(default_factory=dict)
+MODULES: dict[str, ModuleType] = {"builtin": builtin, "vllm": vllm, "tgi": tgi}
 
 
 def engine_module(kind: str) -> ModuleType:
-    from modeldeploy.render.engines import builtin, tgi, vllm
-
-    modules = {"builtin": builtin, "vllm": vllm, "tgi": tgi}
-    if kind not in modules:
+    if kind not in MODULES:
         raise ValueError(f"unknown engine.kind {kind!r}")
-    return modules[kind]
+    return MODULES[kind]
 
 
 def plan(spec: Spec) -> EnginePlan:
@@ -43,21 +35,9 @@ def plan(spec: Spec) -> EnginePlan:
         )
     p: EnginePlan = module.plan(spec)
     # The user's extras come last so they can override the engine's own flags.
-    return EnginePlan(
+    return dataclasses.replace(
+        p,
         image=spec.engine.image or p.image,
-        command=p.command,
         args=[*p.args, *spec.engine.args],
         env=[*p.env, *[dict(e) for e in spec.engine.env]],
-        health_path=p.health_path,
-        metrics=p.metrics,
     )
-
-
-def api_key_env(spec: Spec, var: str) -> list[dict[str, Any]]:
-    """An env var holding the first API key, for engines that take one key."""
-    if not spec.auth.enabled:
-        return []
-    return [{
-        "name": var,
-        "valueFrom": {"secretKeyRef": {"name": spec.api_key_secret_name, "key": "primary"}},
-    }]

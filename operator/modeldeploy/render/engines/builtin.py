@@ -1,12 +1,17 @@
-"""The bundled server (images/server, `modelserver serve`): the default engine."""
+"""The bundled server (images/server, `modelserver serve`): the default engine.
+
+Its `modelserver fetch` also fills the model cache for every engine (it verifies
+checksums), so the other engine modules take their FetchPlan from here.
+"""
 
 from __future__ import annotations
 
+from modeldeploy import contract
 from modeldeploy.constants import AUTH_DIR, DEFAULT_IMAGE, TLS_DIR
-from modeldeploy.render.engines import EnginePlan
+from modeldeploy.render.engines.engine_plan import EnginePlan, FetchPlan
 from modeldeploy.spec import Spec
 
-QUANTIZATIONS = ("none", "int8")
+QUANTIZATIONS = contract.QUANTIZATIONS_BY_ENGINE["builtin"]
 
 
 def model_arg(spec: Spec) -> str:
@@ -27,6 +32,13 @@ def fetch_args(spec: Spec) -> list[str]:
         args += ["--revision", spec.model.revision]
     args += ["--cache-dir", spec.cache_dir, *checksum_args(spec)]
     return args
+
+
+def fetch_plan(spec: Spec, image: str = DEFAULT_IMAGE) -> FetchPlan | None:
+    """The cache-filling init container; none without a cache volume to fill."""
+    if spec.model.cache is None:
+        return None
+    return FetchPlan(image=image, command=["modelserver"], args=fetch_args(spec))
 
 
 def plan(spec: Spec) -> EnginePlan:
@@ -52,8 +64,9 @@ def plan(spec: Spec) -> EnginePlan:
         "--default-temperature", str(d.temperature),
         "--default-top-p", str(d.top_p),
     ]
-    if e.tool_call_parser:
-        args += ["--tool-call-parser", e.tool_call_parser]
+    # Rendered even when unset, so the pod's arguments say which parser serves it.
+    args += ["--tool-call-parser",
+             e.tool_call_parser or contract.DEFAULT_BUILTIN_TOOL_CALL_PARSER]
     if spec.tls.enabled:
         args += [
             "--tls-cert", f"{TLS_DIR}/tls.crt",
@@ -78,4 +91,6 @@ def plan(spec: Spec) -> EnginePlan:
             "inflightRequests": "modelserver_inflight_requests",
             "queueDepth": "modelserver_queue_depth",
         },
+        # A custom image of this engine is still a modelserver: let it fetch as well.
+        fetch=fetch_plan(spec, spec.engine.image or DEFAULT_IMAGE),
     )

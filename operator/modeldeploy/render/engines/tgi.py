@@ -6,11 +6,14 @@ an Ingress) and enables tool calling through its grammar support, with no parser
 
 from __future__ import annotations
 
+from modeldeploy import contract
 from modeldeploy.constants import TGI_IMAGE
-from modeldeploy.render.engines import EnginePlan, api_key_env
+from modeldeploy.render.engines.api_key import api_key_env
+from modeldeploy.render.engines.builtin import fetch_plan
+from modeldeploy.render.engines.engine_plan import EnginePlan
 from modeldeploy.spec import Spec
 
-QUANTIZATIONS = ("none", "int8", "fp8", "awq", "gptq")
+QUANTIZATIONS = contract.QUANTIZATIONS_BY_ENGINE["tgi"]
 # TGI's --quantize names for our quantization values.
 _QUANTIZE = {"int8": "bitsandbytes", "fp8": "fp8", "awq": "awq", "gptq": "gptq"}
 
@@ -37,4 +40,5 @@ def plan(spec: Spec) -> EnginePlan:
         env=[{"name": "HF_HUB_CACHE", "value": spec.cache_dir}, *api_key_env(spec, "API_KEY")],
         health_path="/health",
         metrics={"inflightRequests": "tgi_batch_current_size", "queueDepth": "tgi_queue_size"},
+        fetch=fetch_plan(spec),
     )

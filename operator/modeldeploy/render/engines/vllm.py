@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+from modeldeploy import contract
 from modeldeploy.constants import TLS_DIR, VLLM_IMAGE
-from modeldeploy.render.engines import EnginePlan, api_key_env
+from modeldeploy.render.engines.api_key import api_key_env
+from modeldeploy.render.engines.builtin import fetch_plan
+from modeldeploy.render.engines.engine_plan import EnginePlan
 from modeldeploy.spec import Spec
 
 # vLLM has no plain "int8" weight mode; fp8/awq/gptq are its own names.
-QUANTIZATIONS = ("none", "fp8", "awq", "gptq")
+QUANTIZATIONS = contract.QUANTIZATIONS_BY_ENGINE["vllm"]
 
 
 def plan(spec: Spec) -> EnginePlan:
@@ -40,4 +43,5 @@ def plan(spec: Spec) -> EnginePlan:
             "inflightRequests": "vllm:num_requests_running",
             "queueDepth": "vllm:num_requests_waiting",
         },
+        fetch=fetch_plan(spec),
     )

@@ -1,0 +1,32 @@
+"""The types an engine module hands to the generic pod plan (render/workload.py).
+
+Kept apart from the registry in engines/__init__.py so that each engine module can import
+them while the registry imports every engine module at the top, with no import cycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FetchPlan:
+    """The init container that fills the model cache volume before the engine starts."""
+
+    image: str
+    command: list[str]
+    args: list[str]
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    image: str
+    command: list[str] | None
+    args: list[str]
+    env: list[dict[str, Any]] = field(default_factory=list)
+    health_path: str = "/health"
+    # Prometheus gauge names the HPA scales on, by autoscaling.metric.
+    metrics: dict[str, str] = field(default_factory=dict)
+    # None when the model has no cache volume to fill (the engine reads it directly).
+    fetch: FetchPlan | None = None

@@ -11,11 +11,18 @@ from typing import Any
 
 import yaml
 
+from modeldeploy import contract
 from modeldeploy.constants import CRD_NAME, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 
 Schema = dict[str, Any]
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A ModelDeployment's name becomes its Service's name (a DNS-1035 label: no leading digit,
+# no dot) and a label value on every child (at most 63 characters); the other children's
+# names add a suffix to it but are DNS subdomains (253). Refused at apply, so a bad name
+# never leaves a half-built set of children behind.
+NAME_MAX_LENGTH = 63
+DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SOURCE_RULE = (
     r"self.matches('^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
@@ -106,26 +113,55 @@ def model_schema() -> Schema:
     ]})
 
 
+def _cel_list(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+def quantization_rules() -> list[dict[str, str]]:
+    """One rule per engine that cannot serve every quantization the enum lists."""
+    rules = []
+    for kind, supported in contract.QUANTIZATIONS_BY_ENGINE.items():
+        if set(supported) == set(contract.QUANTIZATIONS):
+            continue
+        # An unset kind is the default engine.
+        is_kind = (f"(!has(self.kind) || self.kind == '{kind}')" if kind == contract.DEFAULT_ENGINE
+                   else f"(has(self.kind) && self.kind == '{kind}')")
+        rules.append(rule(
+            f"!has(self.quantization) || !{is_kind} || "
+            f"self.quantization in {_cel_list(supported)}",
+            f"engine.quantization: the {kind} engine supports only {', '.join(supported)}",
+            ".quantization"))
+    return rules
+
+
 def engine_schema() -> Schema:
     return obj("The inference engine and its serving limits.", {
         "kind": s("string", "builtin (the bundled modelserver), vllm or tgi.",
-                  enum=["builtin", "vllm", "tgi"], default="builtin"),
+                  enum=list(contract.ENGINE_KINDS), default=contract.DEFAULT_ENGINE),
         "image": s("string", "Container image override.", maxLength=512, minLength=1),
-        "dtype": s("string", "Weight dtype.", enum=["auto", "float16", "bfloat16", "float32"],
-                   default="auto"),
-        "quantization": s("string", "Weight quantization; builtin: none|int8, vllm: "
-                          "none|fp8|awq|gptq, tgi: all.",
-                          enum=["none", "int8", "fp8", "awq", "gptq"], default="none"),
+        "dtype": s("string", "Weight dtype.", enum=list(contract.DTYPES),
+                   default=contract.DEFAULT_DTYPE),
+        "quantization": s("string", "Weight quantization; " + "; ".join(
+                              f"{kind}: {'|'.join(q)}"
+                              for kind, q in contract.QUANTIZATIONS_BY_ENGINE.items()) + ".",
+                          enum=list(contract.QUANTIZATIONS),
+                          default=contract.DEFAULT_QUANTIZATION),
         "maxBatchSize": s("integer", "Requests batched together (the guide suggests 4-8).",
-                          minimum=1, maximum=1024, default=8),
-        "maxConcurrentRequests": s("integer", "Admitted requests before 429.",
-                                   minimum=1, maximum=100_000),
+                          minimum=1, maximum=1024, default=contract.DEFAULT_MAX_BATCH_SIZE),
+        "maxConcurrentRequests": s("integer", "Admitted requests (queued + running) before "
+                                   "429.", minimum=1, maximum=100_000,
+                                   default=contract.DEFAULT_MAX_CONCURRENT_REQUESTS),
         "maxInputTokens": s("integer", "Longest prompt accepted.", minimum=1,
                             maximum=10_000_000),
         "maxTotalTokens": s("integer", "Longest prompt + completion.", minimum=1,
                             maximum=10_000_000),
-        "toolCallParser": s("string", "Tool-call parser (e.g. hermes, llama3_json); enables "
-                            "tool calling.", maxLength=64, pattern=r"^[A-Za-z0-9_.-]+$"),
+        "toolCallParser": s("string", "Tool-call parser. builtin: "
+                            f"{', '.join(contract.BUILTIN_TOOL_CALL_PARSERS)} (default "
+                            f"{contract.DEFAULT_BUILTIN_TOOL_CALL_PARSER}; none turns tool "
+                            "calling off); vllm: one of vLLM's parsers (e.g. hermes, "
+                            "llama3_json), unset leaves tool calling off; tgi: not accepted "
+                            "(TGI calls tools through its grammar, with no parser).",
+                            maxLength=64, pattern=r"^[A-Za-z0-9_.-]+$"),
         "args": {"type": "array", "description": "Extra engine arguments, appended last.",
                  "maxItems": 64, "items": {"type": "string", "maxLength": 4096}},
         "env": {"type": "array", "description": "Extra environment variables.",
@@ -142,14 +178,14 @@ def engine_schema() -> Schema:
                                    "before it is restarted (startup probe).",
                                    minimum=30, maximum=86_400, default=1800),
     }, **{"x-kubernetes-validations": [
-        rule("!has(self.kind) || !has(self.quantization) || self.kind != 'builtin' || "
-             "self.quantization in ['none', 'int8']",
-             "engine.quantization: the builtin engine supports only none or int8",
-             ".quantization"),
-        rule("!has(self.kind) || !has(self.quantization) || self.kind != 'vllm' || "
-             "self.quantization != 'int8'",
-             "engine.quantization: vllm has no int8 mode (use fp8, awq or gptq)",
-             ".quantization"),
+        *quantization_rules(),
+        rule("!has(self.toolCallParser) || (has(self.kind) && self.kind != 'builtin') || "
+             f"self.toolCallParser in {_cel_list(contract.BUILTIN_TOOL_CALL_PARSERS)}",
+             "engine.toolCallParser: the builtin engine's parsers are "
+             f"{', '.join(contract.BUILTIN_TOOL_CALL_PARSERS)}", ".toolCallParser"),
+        rule("!has(self.toolCallParser) || !has(self.kind) || self.kind != 'tgi'",
+             "engine.toolCallParser: tgi has no tool-call parser (it calls tools through "
+             "its grammar); remove the field", ".toolCallParser"),
         rule("!has(self.maxInputTokens) || !has(self.maxTotalTokens) || "
              "self.maxInputTokens < self.maxTotalTokens",
              "engine.maxInputTokens must be less than engine.maxTotalTokens",
@@ -351,6 +387,15 @@ def spec_schema() -> Schema:
     ]})
 
 
+def name_rule() -> dict[str, str]:
+    return rule(
+        f"size(self.metadata.name) <= {NAME_MAX_LENGTH} && "
+        f"self.metadata.name.matches('{DNS_1035_LABEL}')",
+        "metadata.name must be a DNS-1035 label of at most "
+        f"{NAME_MAX_LENGTH} characters (lowercase letters, digits and '-', starting with a "
+        "letter, no dots): it names the model's Service and labels all its objects")
+
+
 def status_schema() -> Schema:
     condition = {"type": "object", "required": ["type", "status"], "properties": {
         "type": {"type": "string"},
@@ -419,6 +464,7 @@ def crd() -> dict[str, Any]:
                         "status": status_schema(),
                     },
                     "required": ["spec"],
+                    "x-kubernetes-validations": [name_rule()],
                 }},
             }],
         },

@@ -6,10 +6,12 @@ derives values the renderers share (names, URLs). It never does I/O.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
+from modeldeploy import contract
 from modeldeploy.constants import CACHE_DIR, PVC_MODELS_DIR
 
 GPU_PRODUCT_LABELS = {
@@ -33,7 +35,7 @@ class ModelSpec:
     source: str
     revision: str | None = None
     served_name: str = ""
-    context_window: int = 4096
+    context_window: int = contract.DEFAULT_CONTEXT_WINDOW
     checksums: dict[str, str] = field(default_factory=dict)
     cache: CacheSpec | None = None
 
@@ -68,15 +70,10 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class EngineSpec:
-    kind: str = "builtin"
+class EngineSpec(contract.EngineOptions):
+    kind: str = contract.DEFAULT_ENGINE
     image: str | None = None
-    dtype: str = "auto"
-    quantization: str = "none"
-    max_batch_size: int = 8
-    max_concurrent_requests: int = 128
-    max_input_tokens: int | None = None
-    max_total_tokens: int | None = None
+    # None: the engine's own default (builtin: hermes; vllm: tool calling off).
     tool_call_parser: str | None = None
     args: tuple[str, ...] = ()
     env: tuple[dict[str, Any], ...] = ()
@@ -85,9 +82,9 @@ class EngineSpec:
 
 @dataclass(frozen=True)
 class SamplingDefaults:
-    max_tokens: int = 2048
-    temperature: float = 0.7
-    top_p: float = 0.9
+    max_tokens: int = contract.GUIDE_MAX_TOKENS
+    temperature: float = contract.GUIDE_TEMPERATURE
+    top_p: float = contract.GUIDE_TOP_P
 
 
 @dataclass(frozen=True)
@@ -110,6 +107,11 @@ class PlacementSpec:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict[str, Any], ...] = ()
     affinity: dict[str, Any] = field(default_factory=dict)
+
+
+# The default target when autoscaling.metric is cpu: a utilization percentage, where the
+# LLM metrics' default target (AutoscalingSpec.target) counts requests per pod.
+CPU_TARGET_PERCENT = 70
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,7 @@ class IngressSpec:
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    port: int = 8080
+    port: int = contract.DEFAULT_PORT
     allow_from: AllowFrom = field(default_factory=AllowFrom)
     ingress: IngressSpec | None = None
     network_policy: bool = True
@@ -174,7 +176,7 @@ class TlsSpec:
     mode: str = "operator"
     secret_name: str | None = None
     issuer_ref: dict[str, str] | None = None
-    min_version: str = "1.3"
+    min_version: str = contract.DEFAULT_TLS_MIN_VERSION
 
     @property
     def enabled(self) -> bool:
@@ -270,125 +272,117 @@ class Spec:
         return self.autoscaling.min_replicas if self.autoscaling else self.replicas
 
 
-def _get(d: dict[str, Any] | None, key: str, default: Any = None) -> Any:
-    if not d:
-        return default
-    value = d.get(key)
-    return default if value is None else value
+def _given(section: dict[str, Any] | None, **fields: tuple[str, Callable[[Any], Any]]) -> dict:
+    """Keyword arguments for a spec dataclass from the CR's camelCase keys, only for the
+    keys the user set: what is not set takes the dataclass's own default (defined once)."""
+    section = section or {}
+    return {attr: convert(section[key]) for attr, (key, convert) in fields.items()
+            if section.get(key) is not None}
 
 
-def _quantity(value: Any, default: str) -> str:
-    return default if value is None else str(value)
-
-
-def parse(name: str, namespace: str, uid: str, spec: dict[str, Any]) -> Spec:
-    """Build the typed Spec from the CR's `spec` dict (already schema-validated)."""
-    m = spec.get("model") or {}
+def _model(name: str, m: dict[str, Any]) -> ModelSpec:
     cache = m.get("cache")
-    model = ModelSpec(
+    return ModelSpec(
         source=m.get("source", ""),
-        revision=m.get("revision"),
         served_name=m.get("servedName") or name,
-        context_window=int(_get(m, "contextWindow", 4096)),
         checksums=dict(m.get("checksums") or {}),
-        cache=CacheSpec(
-            size=_quantity(cache.get("size"), "100Gi"),
-            storage_class_name=cache.get("storageClassName"),
-            access_mode=_get(cache, "accessMode", "ReadWriteOnce"),
-            retain=_get(cache, "retain", True),
-        ) if cache is not None else None,
+        cache=None if cache is None else CacheSpec(**_given(
+            cache, size=("size", str), storage_class_name=("storageClassName", str),
+            access_mode=("accessMode", str), retain=("retain", bool))),
+        **_given(m, revision=("revision", str), context_window=("contextWindow", int)),
     )
-    e = spec.get("engine") or {}
-    engine = EngineSpec(
-        kind=_get(e, "kind", "builtin"),
-        image=e.get("image"),
-        dtype=_get(e, "dtype", "auto"),
-        quantization=_get(e, "quantization", "none"),
-        max_batch_size=int(_get(e, "maxBatchSize", 8)),
-        max_concurrent_requests=int(_get(e, "maxConcurrentRequests", 128)),
-        max_input_tokens=e.get("maxInputTokens"),
-        max_total_tokens=e.get("maxTotalTokens"),
-        tool_call_parser=e.get("toolCallParser"),
+
+
+def _engine(e: dict[str, Any]) -> EngineSpec:
+    return EngineSpec(
         args=tuple(e.get("args") or ()),
         env=tuple(e.get("env") or ()),
-        startup_timeout_seconds=int(_get(e, "startupTimeoutSeconds", 1800)),
+        **_given(e, kind=("kind", str), image=("image", str), dtype=("dtype", str),
+                 quantization=("quantization", str), max_batch_size=("maxBatchSize", int),
+                 max_concurrent_requests=("maxConcurrentRequests", int),
+                 max_input_tokens=("maxInputTokens", int),
+                 max_total_tokens=("maxTotalTokens", int),
+                 tool_call_parser=("toolCallParser", str),
+                 startup_timeout_seconds=("startupTimeoutSeconds", int)),
     )
-    d = spec.get("defaults") or {}
-    defaults = SamplingDefaults(
-        max_tokens=int(_get(d, "maxTokens", 2048)),
-        temperature=float(_get(d, "temperature", 0.7)),
-        top_p=float(_get(d, "topP", 0.9)),
-    )
-    r = spec.get("resources") or {}
-    resources = ResourcesSpec(
-        gpus=int(_get(r, "gpus", 0)),
-        gpu_resource=_get(r, "gpuResource", "nvidia.com/gpu"),
-        gpu_product=r.get("gpuProduct"),
-        gpu_memory=None if r.get("gpuMemory") is None else str(r["gpuMemory"]),
-        cpu=_quantity(r.get("cpu"), "2"),
-        memory=_quantity(r.get("memory"), "8Gi"),
-        shared_memory=_quantity(r.get("sharedMemory"), "1Gi"),
-    )
-    p = spec.get("placement") or {}
-    placement = PlacementSpec(
-        node_selector=dict(p.get("nodeSelector") or {}),
-        tolerations=tuple(p.get("tolerations") or ()),
-        affinity=dict(p.get("affinity") or {}),
-    )
-    a = spec.get("autoscaling")
-    autoscaling = AutoscalingSpec(
-        min_replicas=int(_get(a, "minReplicas", 1)),
-        max_replicas=int(_get(a, "maxReplicas", 2)),
-        metric=_get(a, "metric", "inflightRequests"),
-        target=int(_get(a, "target", 4 if _get(a, "metric") != "cpu" else 70)),
-        scale_down_stabilization_seconds=int(_get(a, "scaleDownStabilizationSeconds", 300)),
-    ) if a is not None and _get(a, "enabled", True) else None
-    q = spec.get("qos") or {}
-    qos = QosSpec(priority=_get(q, "priority", "normal"),
-                  guaranteed=bool(_get(q, "guaranteed", True)))
-    n = spec.get("network") or {}
+
+
+def _defaults(d: dict[str, Any]) -> SamplingDefaults:
+    return SamplingDefaults(**_given(d, max_tokens=("maxTokens", int),
+                                     temperature=("temperature", float),
+                                     top_p=("topP", float)))
+
+
+def _resources(r: dict[str, Any]) -> ResourcesSpec:
+    return ResourcesSpec(**_given(
+        r, gpus=("gpus", int), gpu_resource=("gpuResource", str),
+        gpu_product=("gpuProduct", str), gpu_memory=("gpuMemory", str), cpu=("cpu", str),
+        memory=("memory", str), shared_memory=("sharedMemory", str)))
+
+
+def _placement(p: dict[str, Any]) -> PlacementSpec:
+    return PlacementSpec(node_selector=dict(p.get("nodeSelector") or {}),
+                         tolerations=tuple(p.get("tolerations") or ()),
+                         affinity=dict(p.get("affinity") or {}))
+
+
+def _autoscaling(a: dict[str, Any] | None) -> AutoscalingSpec | None:
+    if a is None or a.get("enabled") is False:
+        return None
+    given = _given(a, min_replicas=("minReplicas", int), max_replicas=("maxReplicas", int),
+                   metric=("metric", str), target=("target", int),
+                   scale_down_stabilization_seconds=("scaleDownStabilizationSeconds", int))
+    if "target" not in given and given.get("metric") == "cpu":
+        given["target"] = CPU_TARGET_PERCENT
+    return AutoscalingSpec(**given)
+
+
+def _network(n: dict[str, Any]) -> NetworkSpec:
     af = n.get("allowFrom") or {}
     ing = n.get("ingress")
-    network = NetworkSpec(
-        port=int(_get(n, "port", 8080)),
+    return NetworkSpec(
         allow_from=AllowFrom(
             namespaces=tuple(af.get("namespaces") or ()),
             pod_selector=af.get("podSelector"),
             ip_blocks=tuple(af.get("ipBlocks") or ()),
         ),
         ingress=IngressSpec(
-            host=ing["host"],
-            class_name=ing.get("className"),
-            annotations=dict(ing.get("annotations") or {}),
-            path=_get(ing, "path", "/"),
-            controller_namespace=_get(ing, "controllerNamespace", "ingress-nginx"),
+            host=ing["host"], annotations=dict(ing.get("annotations") or {}),
+            **_given(ing, class_name=("className", str), path=("path", str),
+                     controller_namespace=("controllerNamespace", str)),
         ) if ing else None,
-        network_policy=bool(_get(n, "networkPolicy", True)),
+        **_given(n, port=("port", int), network_policy=("networkPolicy", bool)),
     )
-    t = spec.get("tls") or {}
-    tls = TlsSpec(
-        mode=_get(t, "mode", "operator"),
-        secret_name=t.get("secretName"),
-        issuer_ref=t.get("issuerRef"),
-        min_version=str(_get(t, "minVersion", "1.3")),
-    )
-    au = spec.get("auth") or {}
-    keys = au.get("apiKeys") or {}
-    auth = AuthSpec(
-        enabled=bool(_get(au, "enabled", True)),
-        generate=bool(_get(keys, "generate", True)),
-        secret_name=keys.get("secretName"),
-        count=int(_get(keys, "count", 1)),
-        rotation=int(_get(keys, "rotation", 0)),
-    )
-    c = spec.get("clawdbot") or {}
-    clawdbot = ClawdbotSpec(
-        enabled=bool(_get(c, "enabled", True)),
-        provider_name=_get(c, "providerName", "modeldeploy"),
-    )
+
+
+def _auth(au: dict[str, Any]) -> AuthSpec:
+    return AuthSpec(**_given(au, enabled=("enabled", bool)),
+                    **_given(au.get("apiKeys"), generate=("generate", bool),
+                             secret_name=("secretName", str), count=("count", int),
+                             rotation=("rotation", int)))
+
+
+def parse(name: str, namespace: str, uid: str, spec: dict[str, Any]) -> Spec:
+    """Build the typed Spec from the CR's `spec` dict (already schema-validated)."""
+    def section(key: str) -> dict[str, Any]:
+        return spec.get(key) or {}
+
     return Spec(
-        name=name, namespace=namespace, uid=uid, model=model, engine=engine,
-        defaults=defaults, resources=resources, placement=placement,
-        replicas=int(_get(spec, "replicas", 1)), autoscaling=autoscaling, qos=qos,
-        network=network, tls=tls, auth=auth, clawdbot=clawdbot,
+        name=name, namespace=namespace, uid=uid,
+        model=_model(name, section("model")),
+        engine=_engine(section("engine")),
+        defaults=_defaults(section("defaults")),
+        resources=_resources(section("resources")),
+        placement=_placement(section("placement")),
+        autoscaling=_autoscaling(spec.get("autoscaling")),
+        qos=QosSpec(**_given(section("qos"), priority=("priority", str),
+                             guaranteed=("guaranteed", bool))),
+        network=_network(section("network")),
+        tls=TlsSpec(**_given(section("tls"), mode=("mode", str),
+                             secret_name=("secretName", str),
+                             issuer_ref=("issuerRef", dict), min_version=("minVersion", str))),
+        auth=_auth(section("auth")),
+        clawdbot=ClawdbotSpec(**_given(section("clawdbot"), enabled=("enabled", bool),
+                                       provider_name=("providerName", str))),
+        **_given(spec, replicas=("replicas", int)),
     )

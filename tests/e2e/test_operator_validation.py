@@ -47,6 +47,10 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("builtin-fp8", {"engine": {"quantization": "fp8"}}, "spec.engine.quantization"),
     ("vllm-int8", {"engine": {"kind": "vllm", "quantization": "int8"}},
      "spec.engine.quantization"),
+    ("builtin-tool-parser", {"engine": {"toolCallParser": "llama3_json"}},
+     "spec.engine.toolCallParser"),
+    ("tgi-tool-parser", {"engine": {"kind": "tgi", "toolCallParser": "hermes"},
+                         "tls": {"mode": "disabled"}}, "spec.engine.toolCallParser"),
     ("input-above-total", {"engine": {"maxInputTokens": 4096, "maxTotalTokens": 1024}},
      "spec.engine.maxInputTokens"),
     ("tgi-with-tls", {"engine": {"kind": "tgi"}}, "spec.engine.kind"),
@@ -68,6 +72,9 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("unknown-nested-field", {"model": {"sourceUrl": "hf://a/b"}}, "spec.model.sourceUrl"),
 ]
 
+# Valid object names (DNS subdomains) that the model's Service or labels cannot carry.
+BAD_NAMES = ["9lives", "my.model", "a" * 64]
+
 
 def test_bad_manifests_are_refused_naming_the_field(kubectl, namespace, crd) -> None:  # noqa: F811
     assert len(CASES) >= 25
@@ -78,6 +85,14 @@ def test_bad_manifests_are_refused_naming_the_field(kubectl, namespace, crd) -> 
             wrong.append(f"{case}: accepted")
         elif field not in proc.stderr:
             wrong.append(f"{case}: message does not name {field}: {proc.stderr.strip()}")
+    # names a Service or a label value cannot carry (the API server itself accepts them)
+    for bad_name in BAD_NAMES:
+        proc = apply(kubectl, namespace, manifest(bad_name), check=False)
+        if proc.returncode == 0:
+            wrong.append(f"name {bad_name!r}: accepted")
+        elif "metadata.name must be a DNS-1035 label" not in proc.stderr:
+            wrong.append(f"name {bad_name!r}: message does not name the rule: "
+                         f"{proc.stderr.strip()}")
     # missing model altogether
     proc = apply(kubectl, namespace, {"apiVersion": "modeldeploy.io/v1alpha1",
                                       "kind": "ModelDeployment", "metadata": {"name": "none"},

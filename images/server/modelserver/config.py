@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
+from modeldeploy import contract
 from modeldeploy.constants import SERVER_REQUEST_TIMEOUT_SECONDS
 
 ENV_PREFIX = "MODELSERVER_"
@@ -42,27 +44,21 @@ class Checksum:
         return cls(file=name, algo=algo, digest=digest)
 
 
-@dataclass
-class Settings:
+@dataclass(frozen=True)
+class Settings(contract.EngineOptions):
     model: str = ""
     revision: str | None = None
     served_name: str | None = None
     host: str = "0.0.0.0"
-    port: int = 8080
-    dtype: str = "auto"
-    quantization: str = "none"
-    max_batch_size: int = 8
-    max_concurrent_requests: int = 128
-    max_input_tokens: int | None = None
-    max_total_tokens: int | None = None
+    port: int = contract.DEFAULT_PORT
     context_window: int | None = None
-    default_max_tokens: int = 256
-    default_temperature: float = 1.0
-    default_top_p: float = 1.0
-    tool_call_parser: str = "hermes"
+    default_max_tokens: int = contract.SERVER_MAX_TOKENS
+    default_temperature: float = contract.SERVER_TEMPERATURE
+    default_top_p: float = contract.SERVER_TOP_P
+    tool_call_parser: str = contract.DEFAULT_BUILTIN_TOOL_CALL_PARSER
     tls_cert: str | None = None
     tls_key: str | None = None
-    tls_min_version: str = "1.3"
+    tls_min_version: str = contract.DEFAULT_TLS_MIN_VERSION
     no_tls: bool = False
     api_keys_file: str | None = None
     no_auth: bool = False
@@ -98,12 +94,14 @@ class Settings:
                 "API keys are on by default: give --api-keys-file FILE (one key per line), "
                 "or pass --no-auth to serve without authentication explicitly"
             )
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ConfigError(f"--dtype {self.dtype!r}: one of auto, float32, bfloat16, float16")
-        if self.quantization not in ("none", "int8"):
-            raise ConfigError(f"--quantization {self.quantization!r}: one of none, int8")
-        if self.tls_min_version not in ("1.2", "1.3"):
-            raise ConfigError(f"--tls-min-version {self.tls_min_version!r}: one of 1.2, 1.3")
+        for flag, value, supported in (
+            ("dtype", self.dtype, contract.DTYPES),
+            ("quantization", self.quantization, contract.QUANTIZATIONS_BY_ENGINE["builtin"]),
+            ("tool-call-parser", self.tool_call_parser, contract.BUILTIN_TOOL_CALL_PARSERS),
+            ("tls-min-version", self.tls_min_version, contract.TLS_VERSIONS),
+        ):
+            if value not in supported:
+                raise ConfigError(f"--{flag} {value!r}: one of {', '.join(supported)}")
         for name in ("max_batch_size", "max_concurrent_requests", "port", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
@@ -156,20 +154,23 @@ def _common_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False: a prefix of a flag is an error, not that flag, so a flag renamed
+    # in the operator's renderer cannot keep working by accident (tests/unit/test_contract).
     parser = argparse.ArgumentParser(
-        prog="modelserver",
+        prog="modelserver", allow_abbrev=False,
         description="OpenAI- and TGI-compatible inference server (torch + transformers)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="load the model and serve HTTP(S)")
+    s = sub.add_parser("serve", help="load the model and serve HTTP(S)", allow_abbrev=False)
     _common_model_flags(s)
     d = Settings()
     _add(s, "served-name", help="model name reported and accepted by the API")
     _add(s, "host", default=d.host)
     _add(s, "port", int, default=d.port)
-    _add(s, "dtype", default=d.dtype, help="auto|float32|bfloat16|float16")
-    _add(s, "quantization", default=d.quantization, help="none|int8 (weight-only int8)")
+    _add(s, "dtype", default=d.dtype, help="|".join(contract.DTYPES))
+    _add(s, "quantization", default=d.quantization,
+         help="|".join(contract.QUANTIZATIONS_BY_ENGINE["builtin"]) + " (weight-only int8)")
     _add(s, "device", default=d.device, help="auto|cpu|cuda (auto: device_map over all GPUs)")
     _add(s, "max-batch-size", int, default=d.max_batch_size)
     _add(s, "max-concurrent-requests", int, default=d.max_concurrent_requests,
@@ -180,10 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add(s, "default-max-tokens", int, default=d.default_max_tokens)
     _add(s, "default-temperature", float, default=d.default_temperature)
     _add(s, "default-top-p", float, default=d.default_top_p)
-    _add(s, "tool-call-parser", default=d.tool_call_parser, help="hermes|json|none")
+    _add(s, "tool-call-parser", default=d.tool_call_parser,
+         help="|".join(contract.BUILTIN_TOOL_CALL_PARSERS))
     _add(s, "tls-cert")
     _add(s, "tls-key")
-    _add(s, "tls-min-version", default=d.tls_min_version, help="1.2|1.3")
+    _add(s, "tls-min-version", default=d.tls_min_version, help="|".join(contract.TLS_VERSIONS))
     _add(s, "no-tls", action="store_true", help="serve plain HTTP (explicit opt-out)")
     _add(s, "api-keys-file", help="one key per line; reloaded when it changes")
     _add(s, "no-auth", action="store_true", help="no API key check (explicit opt-out)")
@@ -199,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(s, "no-warmup", action="store_true", help=argparse.SUPPRESS)
     _add(s, "log-level", default=d.log_level)
 
-    f = sub.add_parser("fetch", help="download and verify a model into a cache dir, then exit")
+    f = sub.add_parser("fetch", allow_abbrev=False,
+                       help="download and verify a model into a cache dir, then exit")
     _common_model_flags(f)
     f.add_argument("--cache-dir", default=_env("cache-dir"), help="same as --model-cache-dir")
     return parser
@@ -217,18 +220,18 @@ def _list_value(ns: argparse.Namespace, flag: str) -> list[str]:
 
 def settings_from_args(argv: Sequence[str] | None = None) -> tuple[str, Settings]:
     ns = build_parser().parse_args(argv)
-    s = Settings()
+    names = {f.name for f in fields(Settings)}
+    values: dict[str, Any] = {}
     for key, value in vars(ns).items():
         if key.startswith("_") or key in ("command", "checksum", "allow_cidr", "cache_dir"):
             continue
         if key == "no_warmup":
-            s.warmup = not value
-            continue
-        if value is not None and hasattr(s, key):
-            setattr(s, key, value)
+            values["warmup"] = not value
+        elif value is not None and key in names:
+            values[key] = value
     if ns.command == "fetch" and ns.cache_dir:
-        s.model_cache_dir = ns.cache_dir
-    s.checksum = [Checksum.parse(c) for c in _list_value(ns, "checksum")]
+        values["model_cache_dir"] = ns.cache_dir
+    values["checksum"] = [Checksum.parse(c) for c in _list_value(ns, "checksum")]
     if ns.command == "serve":
-        s.allow_cidr = _list_value(ns, "allow-cidr")
-    return ns.command, s
+        values["allow_cidr"] = _list_value(ns, "allow-cidr")
+    return ns.command, Settings(**values)

@@ -1,0 +1,173 @@
+"""The contract between the operator and the bundled server: every builtin pod the
+operator renders is parsed by the server's own argument parser (modelserver/config.py,
+no torch), and the settings it yields are the spec's. A flag renamed, dropped or given a
+new meaning on either side fails here, not on a node."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers_operator import container, inputs
+from modeldeploy import contract
+from modeldeploy.constants import AUTH_DIR, TLS_DIR
+from modeldeploy.render import desired
+from modeldeploy.spec import Spec, parse
+from modelserver.config import Checksum, Settings, settings_from_args
+
+pytestmark = pytest.mark.unit
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _examples() -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "ModelDeployment":
+                found.append((f"{path.stem}/{doc['metadata']['name']}", doc["spec"]))
+    return found
+
+
+def as_builtin(spec: dict[str, Any]) -> dict[str, Any]:
+    """The same spec served by the builtin engine: the options it has no use for go."""
+    spec = copy.deepcopy(spec)
+    engine = spec.setdefault("engine", {})
+    engine["kind"] = "builtin"
+    engine.pop("image", None)
+    engine.pop("args", None)  # extras are the user's, passed through unparsed
+    if engine.get("quantization") not in contract.QUANTIZATIONS_BY_ENGINE["builtin"]:
+        engine.pop("quantization", None)
+    if engine.get("toolCallParser") not in contract.BUILTIN_TOOL_CALL_PARSERS:
+        engine.pop("toolCallParser", None)
+    return spec
+
+
+def server_settings(cont: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                    ) -> tuple[str, Settings]:
+    """What `modelserver` makes of a rendered container: its env, then its arguments."""
+    for key in [k for k in os.environ if k.startswith("MODELSERVER_")]:
+        monkeypatch.delenv(key)
+    for env in cont.get("env", []):
+        if env["name"].startswith("MODELSERVER_"):
+            assert "value" in env, f"{env['name']} comes from a reference the test cannot read"
+            monkeypatch.setenv(env["name"], env["value"])
+    assert cont["command"] == ["modelserver"]
+    return settings_from_args(cont["args"])
+
+
+def deployment_of(spec: Spec) -> dict[str, Any]:
+    return next(o for o in desired(spec, inputs()) if o["kind"] == "Deployment")
+
+
+def expected(spec: Spec) -> dict[str, Any]:
+    e, d = spec.engine, spec.defaults
+    return {
+        "served_name": spec.model.served_name,
+        "revision": spec.model.revision,
+        "port": spec.network.port,
+        "dtype": e.dtype,
+        "quantization": e.quantization,
+        "max_batch_size": e.max_batch_size,
+        "max_concurrent_requests": e.max_concurrent_requests,
+        "max_input_tokens": e.max_input_tokens,
+        "max_total_tokens": e.max_total_tokens,
+        "context_window": spec.model.context_window,
+        "default_max_tokens": d.max_tokens,
+        "default_temperature": d.temperature,
+        "default_top_p": d.top_p,
+        "tool_call_parser": e.tool_call_parser or contract.DEFAULT_BUILTIN_TOOL_CALL_PARSER,
+        "no_tls": not spec.tls.enabled,
+        "tls_cert": f"{TLS_DIR}/tls.crt" if spec.tls.enabled else None,
+        "tls_key": f"{TLS_DIR}/tls.key" if spec.tls.enabled else None,
+        "tls_min_version": spec.tls.min_version,
+        "no_auth": not spec.auth.enabled,
+        "api_keys_file": f"{AUTH_DIR}/keys" if spec.auth.enabled else None,
+        "allow_cidr": list(spec.network.allow_from.server_cidrs),
+        "model_cache_dir": spec.cache_dir,
+        "checksum": [Checksum.parse(f"{path}={digest}")
+                     for path, digest in sorted(spec.model.checksums.items())],
+    }
+
+
+def assert_server_serves(spec: Spec, monkeypatch: pytest.MonkeyPatch) -> None:
+    pod = deployment_of(spec)["spec"]["template"]["spec"]
+    command, settings = server_settings(container({"spec": {"template": {"spec": pod}}}),
+                                        monkeypatch)
+    assert command == "serve"
+    settings.validate()  # the combination is one the server starts with
+    got = {key: getattr(settings, key) for key in expected(spec)}
+    assert got == expected(spec)
+    local = spec.model.local_path()
+    assert settings.model in ({local} if local else {spec.model.source, spec.cache_dir})
+    for init in pod.get("initContainers", []):
+        if init.get("command") == ["modelserver"]:
+            fetch_command, fetched = server_settings(init, monkeypatch)
+            assert fetch_command == "fetch"
+            assert fetched.model == spec.model.source
+            assert fetched.model_cache_dir == spec.cache_dir
+            assert fetched.checksum == expected(spec)["checksum"]
+
+
+@pytest.mark.parametrize(("case", "raw"), _examples(), ids=[c for c, _ in _examples()])
+def test_every_example_parses_as_the_builtin_server(
+        case: str, raw: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert_server_serves(parse("m", "ns", "uid", as_builtin(raw)), monkeypatch)
+
+
+BASE = {"model": {"source": "hf://org/model"}}
+# One value of every engine, defaults, network, TLS and auth option the builtin engine
+# renders into flags, each applied alone on a minimal spec.
+OPTIONS: list[dict[str, Any]] = [
+    *({"engine": {"dtype": dtype}} for dtype in contract.DTYPES),
+    *({"engine": {"quantization": q}} for q in contract.QUANTIZATIONS_BY_ENGINE["builtin"]),
+    *({"engine": {"toolCallParser": p}} for p in contract.BUILTIN_TOOL_CALL_PARSERS),
+    {"engine": {"maxBatchSize": 3, "maxConcurrentRequests": 7}},
+    {"engine": {"maxInputTokens": 100, "maxTotalTokens": 200}},
+    {"defaults": {"maxTokens": 99, "temperature": 0.0, "topP": 0.5}},
+    {"model": {"source": "hf://org/model", "revision": "v2", "servedName": "chat",
+               "contextWindow": 32768, "checksums": {"a.bin": "md5:" + "0" * 32}}},
+    {"model": {"source": "hf://org/model", "cache": {"size": "10Gi"},
+               "checksums": {"w/b.safetensors": "sha256:" + "f" * 64}}},
+    {"model": {"source": "pvc://weights/smollm2/model.gguf"}},
+    {"model": {"source": "file:///models/m"}},
+    {"model": {"source": "https://files.example/m.gguf"}},
+    {"network": {"port": 9443, "allowFrom": {"ipBlocks": ["192.168.1.0/24"]}}},
+    {"network": {"allowFrom": {"namespaces": ["agents"], "ipBlocks": ["10.0.0.0/8"]}}},
+    {"tls": {"mode": "disabled"}},
+    {"tls": {"minVersion": "1.2"}},
+    {"auth": {"enabled": False}},
+    {"auth": {"apiKeys": {"count": 3}}},
+]
+
+
+@pytest.mark.parametrize("option", OPTIONS, ids=[str(o) for o in OPTIONS])
+def test_every_builtin_option_parses_as_the_server(
+        option: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert_server_serves(parse("m", "ns", "uid", {**BASE, **option}), monkeypatch)
+
+
+def test_unset_options_are_the_servers_own_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the CRD and the server share a default, an unset field means the same on
+    both sides (the sampling defaults differ on purpose: contract.py says why)."""
+    spec = parse("m", "ns", "uid", BASE)
+    _, settings = server_settings(container(deployment_of(spec)), monkeypatch)
+    server = Settings()
+    for key in ("port", "dtype", "quantization", "max_batch_size", "max_concurrent_requests",
+                "tool_call_parser", "tls_min_version"):
+        assert getattr(settings, key) == getattr(server, key), key
+
+
+def test_the_server_refuses_a_flag_it_does_not_have(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard the contract relies on: the server exits on an unknown flag, even one
+    that is a prefix of a real flag (argparse would take `--max-batch` for
+    `--max-batch-size`), so a flag renamed on one side cannot pass silently."""
+    spec = parse("m", "ns", "uid", BASE)
+    cont = container(deployment_of(spec))
+    cont["args"] = [a.replace("--max-batch-size", "--max-batch") for a in cont["args"]]
+    with pytest.raises(SystemExit):
+        server_settings(cont, monkeypatch)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from serverutil import (
     API_KEY,
-    FAIL_MARKER,
+    FAULTY_LAUNCHER,
     Server,
     TLSFiles,
     free_port,
@@ -60,7 +60,8 @@ _started: dict[str, Server] = {}
 def servers(workdir, tls_files, tiny_model, smollm_gguf, redis_url):
     """Start every long-lived server at once (they load in parallel), stop them at the end.
 
-    main   — tiny model, TLS + key, normal limits: protocol, batching, clients
+    main   — tiny model, TLS + key, normal limits: protocol, batching, clients; run by
+             faulty_server.py, so a prompt with FAIL_MARKER fails (424)
     tight  — tiny model, 1 concurrent request, overflow to a dead upstream: 429 path
     smol   — SmolLM2-135M-Instruct, context extended to 32768 (YaRN)
     aux    — tiny model, Redis response cache, 1 concurrent request and overflow to
@@ -71,7 +72,7 @@ def servers(workdir, tls_files, tiny_model, smollm_gguf, redis_url):
         workdir, "main", tiny, "--served-name", "tiny", "--max-batch-size", "32",
         "--max-concurrent-requests", "48", "--dtype", "float32", "--request-timeout", "120",
         "--default-temperature", "0", "--redact-logs", tls=tls_files,
-        env={"MODELSERVER_TEST_FAIL_MARKER": FAIL_MARKER})
+        launcher=FAULTY_LAUNCHER)  # FAIL_MARKER in a prompt fails it: the 424 path
     _started["tight"] = start_server(
         workdir, "tight", tiny, "--served-name", "tiny", "--max-batch-size", "1",
         "--max-concurrent-requests", "1", "--max-total-tokens", "4096",

@@ -5,7 +5,6 @@ stays unambiguous when pytest collects several test folders with their own conft
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
 import socket
 import ssl
@@ -21,7 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache"
 SERVER_START_TIMEOUT = 480  # generous: CI machines are shared with a Go build
 API_KEY = "sk-modelserver-test-0123456789"
-FAIL_MARKER = "@@fail-generation@@"
+FAIL_MARKER = "@@fail-generation@@"  # in a prompt: fails under FAULTY_LAUNCHER
+FAULTY_LAUNCHER = Path(__file__).with_name("faulty_server.py")
 
 
 def free_port() -> int:
@@ -42,53 +42,19 @@ class TLSFiles:
 
 
 def make_tls(directory: Path, cn: str = "modelserver-test") -> TLSFiles:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    """A CA of its own (named after `cn`) and a serving certificate for localhost and
+    127.0.0.1, issued by the operator's own PKI code: the certificates the server meets
+    in a pod."""
+    from modeldeploy import pki
 
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{cn} CA")])
-    ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, key_cert_sign=True, crl_sign=True,
-            content_commitment=False, key_encipherment=False, data_encipherment=False,
-            key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                       critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-        .issuer_name(ca_name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                       critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-            ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca = pki.create_ca(now, f"{cn} CA")
+    leaf = pki.issue(ca, ["localhost", "127.0.0.1"], now)
     files = TLSFiles(directory / "ca.pem", directory / "tls.crt", directory / "tls.key")
-    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.key.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    files.ca.write_text(ca.cert_pem)
+    files.cert.write_text(leaf.cert_pem)
+    files.key.write_text(leaf.key_pem)
     return files
 
 
@@ -162,11 +128,14 @@ class Server:
 
 
 def start_server(workdir: Path, name: str, model: str, *extra: str, tls: TLSFiles | None,
-                 auth: bool = True, env: dict[str, str] | None = None) -> Server:
-    """Start `modelserver serve` (not waiting for readiness: servers load in parallel)."""
+                 auth: bool = True, env: dict[str, str] | None = None,
+                 launcher: Path | None = None) -> Server:
+    """Start `modelserver serve` (not waiting for readiness: servers load in parallel);
+    `launcher`: a script that patches the server, then runs its real entry point."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    args = [sys.executable, "-m", "modelserver", "serve", "--model", model,
+    entry = [str(launcher)] if launcher else ["-m", "modelserver"]
+    args = [sys.executable, *entry, "serve", "--model", model,
             "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"]
     if tls:
         args += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]

@@ -15,7 +15,6 @@ _OPENAI_TYPES = {
     "validation": "invalid_request_error",
     "overloaded": "rate_limit_error",
     "generation": "server_error",
-    "incomplete_generation": "server_error",
     "unauthorized": "authentication_error",
     "forbidden": "permission_error",
     "payload_too_large": "invalid_request_error",
@@ -41,6 +40,11 @@ class ValidationError(APIError):
     status, error_type = 422, "validation"
 
 
+class BadRequestError(APIError):
+    """A request that is malformed below the body (e.g. its Content-Length)."""
+    status, error_type = 400, "validation"
+
+
 class OverloadedError(APIError):
     status, error_type = 429, "overloaded"
 
@@ -53,10 +57,6 @@ class GenerationError(APIError):
     status, error_type = 424, "generation"
 
 
-class IncompleteGenerationError(APIError):
-    status, error_type = 500, "incomplete_generation"
-
-
 class UnauthorizedError(APIError):
     status, error_type = 401, "unauthorized"
 
@@ -67,16 +67,22 @@ class UnauthorizedError(APIError):
 class ForbiddenError(APIError):
     status, error_type = 403, "forbidden"
 
+    def __init__(self, message: str = "client address not allowed") -> None:
+        super().__init__(message)
+
 
 class PayloadTooLargeError(APIError):
     status, error_type = 413, "payload_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body over the limit of {limit} bytes")
 
 
 class NotFoundError(APIError):
     status, error_type = 404, "not_found"
 
 
-class TimeoutError_(APIError):
+class RequestTimeoutError(APIError):
     status, error_type = 504, "timeout"
 
 
@@ -91,25 +97,28 @@ def is_openai_path(path: str) -> bool:
     return path.startswith("/v1/") or path == "/v1"
 
 
-def error_body(path: str, status: int, error_type: str, message: str,
-               param: str | None = None) -> dict[str, Any]:
+def error_body(path: str, err: APIError) -> dict[str, Any]:
     if is_openai_path(path):
         return {"error": {
-            "message": message, "type": _OPENAI_TYPES.get(error_type, "server_error"),
-            "param": param, "code": error_type,
+            "message": err.message, "type": _OPENAI_TYPES.get(err.error_type, "server_error"),
+            "param": err.param, "code": err.error_type,
         }}
-    return {"error": message, "error_type": error_type}
-
-
-def stream_error_payload(path: str, err: APIError) -> dict[str, Any]:
-    return error_body(path, err.status, err.error_type, err.message, err.param)
+    return {"error": err.message, "error_type": err.error_type}
 
 
 def error_response(path: str, err: APIError) -> JSONResponse:
-    return JSONResponse(
-        error_body(path, err.status, err.error_type, err.message, err.param),
-        status_code=err.status, headers=err.headers,
-    )
+    """The one renderer of errors: exception handlers and the access middleware use it
+    (a JSONResponse is an ASGI app, so the middleware sends it without FastAPI)."""
+    return JSONResponse(error_body(path, err), status_code=err.status, headers=err.headers)
+
+
+def from_http_exception(exc: StarletteHTTPException) -> APIError:
+    """Starlette's and FastAPI's own errors (404 route, 405 method…) as a typed error."""
+    err = APIError(str(exc.detail), headers=dict(getattr(exc, "headers", None) or {}))
+    err.status = exc.status_code
+    err.error_type = {404: "not_found", 405: "validation", 413: "payload_too_large"}.get(
+        exc.status_code, "validation" if exc.status_code < 500 else "generation")
+    return err
 
 
 def _loc_name(loc: tuple | list) -> str:
@@ -128,6 +137,9 @@ def install(app: Any) -> None:
         first = errs[0] if errs else {}
         if first.get("type") == "json_invalid":
             msg, param = f"malformed JSON body: {first.get('msg', '')}", None
+        elif first.get("type") == "extra_forbidden":
+            param = _loc_name(first.get("loc", ()))
+            msg = f"unknown parameter `{param}`: this server does not support it"
         else:
             param = _loc_name(first.get("loc", ()))
             msg = f"invalid parameter `{param}`: {first.get('msg', 'invalid value')}"
@@ -135,9 +147,4 @@ def install(app: Any) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "not_found", 405: "validation", 413: "payload_too_large"}.get(
-            exc.status_code, "validation" if exc.status_code < 500 else "generation")
-        return JSONResponse(
-            error_body(request.url.path, exc.status_code, kind, str(exc.detail)),
-            status_code=exc.status_code, headers=getattr(exc, "headers", None),
-        )
+        return error_response(request.url.path, from_http_exception(exc))

@@ -33,8 +33,6 @@ class Metrics:
                                 registry=r)
         self.batch_current_size = Gauge("tgi_batch_current_size", "Requests in the batch",
                                         registry=r)
-        self.batch_max_size = Gauge("tgi_batch_current_max_tokens", "Batch size limit",
-                                    registry=r)
         self.request_duration = Histogram("tgi_request_duration", "End-to-end seconds",
                                           buckets=_DURATION, registry=r)
         self.queue_duration = Histogram("tgi_request_queue_duration", "Seconds queued",
@@ -50,7 +48,11 @@ class Metrics:
                                           registry=r)
         self.input_length = Histogram("tgi_request_input_length", "Prompt tokens per request",
                                       buckets=_TOKENS, registry=r)
-        # ours
+        # ours. The batch size limit is a count of requests: TGI's
+        # `tgi_batch_current_max_tokens` is a token budget, so it gets a name of its own.
+        self.batch_max_size = Gauge("modelserver_batch_max_size",
+                                    "Most requests decoded together (--max-batch-size)",
+                                    registry=r)
         self.inflight = Gauge("modelserver_inflight_requests",
                               "Requests admitted and not yet finished (queued + running)",
                               registry=r)

@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 
-from .errors import error_body
+from .errors import (
+    APIError,
+    BadRequestError,
+    ForbiddenError,
+    PayloadTooLargeError,
+    UnauthorizedError,
+    error_response,
+)
 
 log = logging.getLogger("modelserver.security")
 
@@ -82,27 +87,28 @@ class AccessMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
+        err = self._rejection(scope, path)
+        if err is not None:
+            await error_response(path, err)(scope, receive, send)
+            return
+        await self.app(scope, self._limited(receive), send)
+
+    def _rejection(self, scope: dict, path: str) -> APIError | None:
         if self.networks and path != "/health" and not self._allowed(scope):
-            await _reject(send, path, 403, "forbidden", "client address not allowed")
-            return
+            return ForbiddenError()
         if self.keys is not None and path not in OPEN_PATHS and not self._authorized(scope):
-            await _reject(send, path, 401, "unauthorized", "missing or invalid API key",
-                          {"www-authenticate": "Bearer"})
-            return
+            return UnauthorizedError()
         length = _header(scope, b"content-length")
         if length is not None:
             try:
                 too_big = int(length) > self.max_body
             except ValueError:
-                await _reject(send, path, 400, "validation", "invalid Content-Length")
-                return
+                return BadRequestError("invalid Content-Length")
             if too_big:
-                await _reject(send, path, 413, "payload_too_large",
-                              f"request body over the limit of {self.max_body} bytes")
-                return
-        await self.app(scope, self._limited(receive, send, path), send)
+                return PayloadTooLargeError(self.max_body)
+        return None
 
-    def _limited(self, receive: Callable, send: Callable, path: str) -> Callable:
+    def _limited(self, receive: Callable) -> Callable:
         seen = 0
         limit = self.max_body
 
@@ -139,11 +145,14 @@ class AccessMiddleware:
         return self.keys.valid(token.strip())
 
 
-class BodyTooLarge(HTTPException):
-    """Raised from inside body reading; an HTTPException so FastAPI passes it through."""
+class BodyTooLarge(PayloadTooLargeError, HTTPException):
+    """Raised from inside body reading. Also an HTTPException, which FastAPI's body
+    parsing re-raises as is (anything else it turns into a 400); the APIError handler,
+    first in this class's MRO, renders it."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body over the limit of {limit} bytes")
+        PayloadTooLargeError.__init__(self, limit)
+        HTTPException.__init__(self, self.status, self.message)
 
 
 def _header(scope: dict, name: bytes) -> str | None:
@@ -151,12 +160,3 @@ def _header(scope: dict, name: bytes) -> str | None:
         if k.lower() == name:
             return v.decode("latin-1")
     return None
-
-
-async def _reject(send: Callable[[dict], Awaitable[Any]], path: str, status: int, kind: str,
-                  message: str, extra: dict[str, str] | None = None) -> None:
-    body = json.dumps(error_body(path, status, kind, message)).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -17,9 +17,10 @@ from .config import Settings
 from .engine.core import Engine, ErrorEvent, Event, FinalEvent, Request, TokenEvent
 from .engine.sampling import SamplingParams
 from .errors import (
+    APIError,
     GenerationError,
     OverloadedError,
-    TimeoutError_,
+    RequestTimeoutError,
     UnavailableError,
     ValidationError,
 )
@@ -76,8 +77,9 @@ class ModelService:
             fetch.verify(src, s.checksum)
             self.loaded = loading.load(src, s.dtype, s.device, s.quantization, s.context_window)
             self.engine = Engine(
-                self.loaded.model, self.loaded.tokenizer, s.max_batch_size,
-                s.prefix_cache_entries, on_queue_wait=self.metrics.queue_duration.observe,
+                self.loaded.model, self.loaded.tokenizer, max_batch_size=s.max_batch_size,
+                prefix_cache_entries=s.prefix_cache_entries,
+                on_queue_wait=self.metrics.queue_duration.observe,
             )
             self.engine.start()
             if s.warmup:
@@ -235,7 +237,7 @@ class ModelService:
                     finished = True
                     self.metrics.request_failure.labels(err=ev.kind).inc()
                     if ev.kind == "timeout":
-                        raise TimeoutError_(
+                        raise RequestTimeoutError(
                             f"request exceeded --request-timeout "
                             f"{self.settings.request_timeout:g}s")
                     if ev.kind == "cancelled":
@@ -247,12 +249,28 @@ class ModelService:
                 req.cancel()  # client gone or consumer stopped: free the batch slot
                 self.metrics.request_failure.labels(err="cancelled").inc()
 
+    async def complete(self, prompt_ids: list[int], params: SamplingParams,
+                       http: HTTPRequest | None = None) -> tuple[list[TokenEvent], FinalEvent]:
+        """Run one request to its end, not streamed: its tokens and its final event."""
+        tokens: list[TokenEvent] = []
+        try:
+            async for ev in self.events(prompt_ids, params, http):
+                if isinstance(ev, TokenEvent):
+                    tokens.append(ev)
+                elif isinstance(ev, FinalEvent):
+                    return tokens, ev
+        except ClientGone:
+            # nobody is listening; the answer is never read
+            raise APIError("client closed the request") from None
+        raise APIError("generation ended without a result")
+
 
 def sampling_params(
     service: ModelService, *, max_new_tokens: int, temperature: float | None,
     top_p: float | None, top_k: int | None = None, repetition_penalty: float | None = None,
+    presence_penalty: float | None = None, frequency_penalty: float | None = None,
     seed: int | None = None, stop: list[str] | None = None, do_sample: bool | None = None,
-    ignore_eos: bool | None = None,
+    ignore_eos: bool | None = None, prompt_logprobs: bool = False,
 ) -> SamplingParams:
     s = service.settings
     temp = s.default_temperature if temperature is None else temperature
@@ -261,8 +279,10 @@ def sampling_params(
     return SamplingParams(
         max_new_tokens=max_new_tokens, temperature=temp,
         top_p=s.default_top_p if top_p is None else top_p, top_k=top_k or 0,
-        repetition_penalty=repetition_penalty or 1.0, seed=seed, stop=list(stop or []),
-        ignore_eos=bool(ignore_eos),
+        repetition_penalty=repetition_penalty or 1.0,
+        presence_penalty=presence_penalty or 0.0, frequency_penalty=frequency_penalty or 0.0,
+        seed=seed, stop=list(stop or []), ignore_eos=bool(ignore_eos),
+        prompt_logprobs=prompt_logprobs,
     )
 
 

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -13,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
 from ..engine.core import FinalEvent, TokenEvent
-from ..errors import APIError, ValidationError, stream_error_payload
+from ..engine.sampling import SEED_MAX, SamplingParams
+from ..errors import APIError, ValidationError, error_body
 from ..service import ClientGone, ModelService, sampling_params
 
 router = APIRouter(tags=["TGI"])
@@ -22,7 +25,9 @@ MAX_STOP_SEQUENCES = 4
 
 
 class Parameters(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # TGI's parameters, all of them (the text-generation client sends each); anything
+    # else is refused with a 422 naming it, never accepted and ignored.
+    model_config = ConfigDict(extra="forbid")
 
     best_of: int | None = None
     decoder_input_details: bool | None = None
@@ -33,7 +38,7 @@ class Parameters(BaseModel):
     max_new_tokens: int | None = None
     repetition_penalty: float | None = None
     return_full_text: bool | None = None
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
     stop: list[str] | None = None
     temperature: float | None = None
     top_k: int | None = None
@@ -47,7 +52,7 @@ class Parameters(BaseModel):
 
 
 class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     inputs: str
     parameters: Parameters | None = None
@@ -55,7 +60,7 @@ class GenerateRequest(BaseModel):
 
 
 class TokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     inputs: str
     parameters: Parameters | None = None
@@ -65,8 +70,21 @@ def _svc(request: Request) -> ModelService:
     return request.app.state.service
 
 
-def _validate(p: Parameters) -> None:
-    """TGI's own validation rules, with its messages' naming of the parameter."""
+@dataclass
+class Valid:
+    """A validated TGI request: its parameters, prompt ids and sampling parameters."""
+
+    inputs: str
+    p: Parameters
+    ids: list[int]
+    params: SamplingParams
+
+
+def validate(svc: ModelService, body: GenerateRequest, streaming: bool) -> Valid:
+    """TGI's validation rules, with its messages' naming of the parameter; parameters
+    this server does not implement are refused (422), never ignored."""
+    svc.require_ready()
+    p = body.parameters or Parameters()
     if p.best_of not in (None, 1):
         raise ValidationError("`best_of` != 1 is not supported", param="best_of")
     if p.temperature is not None and p.temperature <= 0:
@@ -76,8 +94,6 @@ def _validate(p: Parameters) -> None:
                               param="repetition_penalty")
     if p.top_p is not None and not 0 < p.top_p < 1:
         raise ValidationError("`top_p` must be > 0.0 and < 1.0", param="top_p")
-    if p.typical_p is not None and not 0 < p.typical_p < 1:
-        raise ValidationError("`typical_p` must be > 0.0 and < 1.0", param="typical_p")
     if p.top_k is not None and p.top_k <= 0:
         raise ValidationError("`top_k` must be strictly positive", param="top_k")
     if p.max_new_tokens is not None and p.max_new_tokens <= 0:
@@ -88,14 +104,10 @@ def _validate(p: Parameters) -> None:
                               f"Given: {len(p.stop)}", param="stop")
     if p.truncate is not None and p.truncate <= 0:
         raise ValidationError("`truncate` must be strictly positive", param="truncate")
-    if p.grammar is not None:
-        raise ValidationError("`grammar` is not supported by this server", param="grammar")
-
-
-def _prepare(svc: ModelService, body: GenerateRequest):
-    svc.require_ready()
-    p = body.parameters or Parameters()
-    _validate(p)
+    if streaming and p.decoder_input_details:
+        raise ValidationError("`decoder_input_details` == true is not supported when "
+                              "streaming tokens", param="decoder_input_details")
+    _refuse_unsupported(p)
     if not body.inputs:
         raise ValidationError("`inputs` cannot be empty", param="inputs")
     ids = svc.tokenize(body.inputs)
@@ -104,70 +116,84 @@ def _prepare(svc: ModelService, body: GenerateRequest):
     max_new = svc.check_lengths(len(ids), p.max_new_tokens, "max_new_tokens")
     # TGI samples when asked to or when any sampling knob is set; otherwise greedy
     sample = bool(p.do_sample) or (p.temperature not in (None, 1.0)) or any(
-        v is not None for v in (p.top_k, p.top_p, p.typical_p))
+        v is not None for v in (p.top_k, p.top_p))
     params = sampling_params(
         svc, max_new_tokens=max_new, temperature=(p.temperature or 1.0) if sample else 0.0,
         top_p=p.top_p or 1.0, top_k=p.top_k, repetition_penalty=p.repetition_penalty,
         seed=p.seed, stop=p.stop, ignore_eos=p.ignore_eos,
+        prompt_logprobs=bool(p.decoder_input_details),
     )
     if sample and params.seed is None:
         # report the seed actually used, as TGI does, so the run can be repeated
-        import random
-
         params.seed = random.getrandbits(63)
-    return p, ids, params
+    return Valid(body.inputs, p, ids, params)
 
 
-def _details(svc: ModelService, p: Parameters, ids: list[int], tokens: list[dict[str, Any]],
+def _refuse_unsupported(p: Parameters) -> None:
+    """Set values of parameters this server does not implement (explicit nulls, and the
+    text-generation client's defaults, watermark=false, pass)."""
+    unsupported = {
+        # typical sampling is not implemented
+        "typical_p": p.typical_p is not None,
+        # TGI counts the prompt's tokens too; /v1 routes have OpenAI's frequency_penalty
+        "frequency_penalty": p.frequency_penalty not in (None, 0),
+        "grammar": p.grammar is not None,
+        "top_n_tokens": p.top_n_tokens not in (None, 0),
+        "watermark": bool(p.watermark),
+        "adapter_id": bool(p.adapter_id),
+    }
+    for name, refused in unsupported.items():
+        if refused:
+            raise ValidationError(f"`{name}` is not supported by this server", param=name)
+
+
+def _details(svc: ModelService, v: Valid, tokens: list[dict[str, Any]],
              final: FinalEvent) -> dict[str, Any]:
     tok = svc.loaded.tokenizer
-    prefill = ([{"id": i, "text": tok.decode([i]), "logprob": None} for i in ids]
-               if p.decoder_input_details else [])
+    # with decoder_input_details, the prompt's tokens and their log-probabilities
+    prefill = [{"id": i, "text": tok.decode([i]), "logprob": lp}
+               for i, lp in zip(v.ids, final.prompt_logprobs, strict=True)
+               ] if v.p.decoder_input_details else []
     return {"finish_reason": final.finish_reason, "generated_tokens": final.completion_tokens,
             "seed": final.seed, "prefill": prefill, "tokens": tokens, "top_tokens": None,
             "best_of_sequences": None}
 
 
+def _token(ev: TokenEvent) -> dict[str, Any]:
+    return {"id": ev.id, "text": ev.text, "logprob": ev.logprob, "special": ev.special}
+
+
+def _generated_text(v: Valid, final: FinalEvent) -> str:
+    return (v.inputs if v.p.return_full_text else "") + final.text
+
+
 async def _generate(request: Request, body: GenerateRequest) -> dict[str, Any]:
     svc = _svc(request)
-    p, ids, params = _prepare(svc, body)
+    v = validate(svc, body, streaming=False)
     slot = svc.acquire()
-    tokens: list[dict[str, Any]] = []
-    parts: list[str] = []
     try:
-        async for ev in svc.events(ids, params, request):
-            if isinstance(ev, TokenEvent):
-                parts.append(ev.text)
-                tokens.append({"id": ev.id, "text": ev.text, "logprob": ev.logprob,
-                               "special": ev.special})
-            elif isinstance(ev, FinalEvent):
-                text = (body.inputs if p.return_full_text else "") + ev.text
-                out: dict[str, Any] = {"generated_text": text}
-                if p.details or p.decoder_input_details:
-                    out["details"] = _details(svc, p, ids, tokens, ev)
-                return out
-    except ClientGone:
-        raise APIError("client closed the request") from None
+        tokens, final = await svc.complete(v.ids, v.params, request)
     finally:
         slot.release()
-    raise APIError("generation ended without a result")
+    out: dict[str, Any] = {"generated_text": _generated_text(v, final)}
+    if v.p.details or v.p.decoder_input_details:
+        out["details"] = _details(svc, v, [_token(t) for t in tokens], final)
+    return out
 
 
 def _stream(request: Request, body: GenerateRequest) -> StreamingResponse:
     svc = _svc(request)
-    p, ids, params = _prepare(svc, body)
+    v = validate(svc, body, streaming=True)
     slot = svc.acquire()
 
     async def events() -> AsyncIterator[str]:
         index = 0
         prev: dict[str, Any] = {}
         try:
-            async for ev in svc.events(ids, params, request):
+            async for ev in svc.events(v.ids, v.params, request):
                 if isinstance(ev, TokenEvent):
-                    pending = {"index": index, "token": {
-                        "id": ev.id, "text": ev.text, "logprob": ev.logprob,
-                        "special": ev.special}, "generated_text": None, "details": None,
-                        "top_tokens": None}
+                    pending = {"index": index, "token": _token(ev), "generated_text": None,
+                               "details": None, "top_tokens": None}
                     index += 1
                     # the final FinalEvent follows the last TokenEvent at once: hold one
                     # event back so the last token carries generated_text and details
@@ -175,16 +201,15 @@ def _stream(request: Request, body: GenerateRequest) -> StreamingResponse:
                         yield f"data:{json.dumps(prev, ensure_ascii=False)}\n\n"
                     prev = pending
                 elif isinstance(ev, FinalEvent):
-                    text = (body.inputs if p.return_full_text else "") + ev.text
-                    prev["generated_text"] = text
+                    prev["generated_text"] = _generated_text(v, ev)
                     prev["details"] = {"finish_reason": ev.finish_reason,
                                        "generated_tokens": ev.completion_tokens,
-                                       "seed": ev.seed, "input_length": len(ids)}
+                                       "seed": ev.seed, "input_length": len(v.ids)}
                     yield f"data:{json.dumps(prev, ensure_ascii=False)}\n\n"
         except ClientGone:
             return
         except APIError as err:
-            yield f"data:{json.dumps(stream_error_payload(request.url.path, err))}\n\n"
+            yield f"data:{json.dumps(error_body(request.url.path, err))}\n\n"
         finally:
             slot.release()
 

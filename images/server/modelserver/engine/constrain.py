@@ -10,7 +10,6 @@ completion, so a call always ends as valid JSON.
 from __future__ import annotations
 
 import copy
-import json
 import re
 from collections.abc import Callable
 
@@ -274,11 +273,3 @@ class ToolCallGrammar:
         if self.phase == "tail":
             return self.TAIL
         return ""
-
-
-def is_valid_call(text: str) -> bool:
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError:
-        return False
-    return isinstance(obj, dict) and isinstance(obj.get("arguments"), dict)

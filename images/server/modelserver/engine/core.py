@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 import queue
 import threading
 import time
@@ -47,7 +46,8 @@ class FinalEvent:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
-    prefill: list[tuple[int, str]]
+    # each prompt token's log-probability (the first None) when params.prompt_logprobs
+    prompt_logprobs: list[float | None]
     seed: int | None
 
 
@@ -70,6 +70,7 @@ class Request:
     # state owned by the engine thread
     generated: list[int] = field(default_factory=list)
     cached_tokens: int = 0
+    prompt_logprobs: list[float | None] = field(default_factory=list)
     sampler: Sampler | None = None
     grammar: ToolCallGrammar | None = None
     stop: StopState | None = None
@@ -92,9 +93,8 @@ class Stats:
 
 class Engine:
     def __init__(
-        self, model: Any, tokenizer: Any, max_batch_size: int = 8,
-        prefix_cache_entries: int = 8, on_queue_wait: Callable[[float], None] | None = None,
-        prefill_chunk: int = 2048,
+        self, model: Any, tokenizer: Any, *, max_batch_size: int, prefix_cache_entries: int,
+        on_queue_wait: Callable[[float], None] | None = None, prefill_chunk: int = 2048,
     ) -> None:
         self.prefill_chunk = prefill_chunk
         self.model = model
@@ -120,10 +120,7 @@ class Engine:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._stopping = False
-        # Fault injection for tests of the 424 path: a prompt containing this text fails
-        # in prefill the way a real engine error does. Unset in production.
         self._vocab_cache: tuple[list[str], dict[str, int]] | None = None
-        self._fail_marker = os.environ.get("MODELSERVER_TEST_FAIL_MARKER") or None
 
     # ---- public API (any thread) -------------------------------------------------
     def start(self) -> None:
@@ -202,9 +199,11 @@ class Engine:
 
     def _prefill(self, req: Request) -> None:
         ids = req.prompt_ids
-        if self._fail_marker and self._fail_marker in self.tokenizer.decode(ids):
-            raise RuntimeError("injected failure (MODELSERVER_TEST_FAIL_MARKER)")
-        reuse, cached = self.prefix.lookup(ids)
+        scored = req.params.prompt_logprobs
+        # scoring the prompt needs the logits of every position: no cached prefix then
+        reuse, cached = (0, None) if scored else self.prefix.lookup(ids)
+        if scored:
+            req.prompt_logprobs = [None]  # the first token has no context to score it
         # sized for the whole prompt up front: chunks write in place, and the views handed
         # to the prefix cache below are exactly the prompt (no spare capacity kept alive)
         cache = kvops.from_tensors(cached or [], capacity=len(ids))
@@ -218,8 +217,10 @@ class Engine:
                 input_ids=torch.tensor([ids[start:end]], device=self.device),
                 attention_mask=torch.ones(1, end, dtype=torch.long, device=self.device),
                 position_ids=torch.arange(start, end, device=self.device).unsqueeze(0),
-                **{self._cache_kw: cache}, use_cache=True, logits_to_keep=1,
+                **{self._cache_kw: cache}, use_cache=True, logits_to_keep=0 if scored else 1,
             )
+            if scored:
+                req.prompt_logprobs += _target_logprobs(out.logits[0], ids[start + 1:end + 1])
             if req.cancelled:
                 req.emit(ErrorEvent("cancelled", "cancelled"))
                 return
@@ -301,9 +302,7 @@ class Engine:
     def _pick(self, req: Request, logits: torch.Tensor) -> tuple[int, float]:
         if req.grammar is not None:
             return self._pick_constrained(req, logits)
-        history = (req.prompt_ids + req.generated) if req.params.repetition_penalty != 1.0 \
-            else []
-        return req.sampler(logits, history)
+        return req.sampler(logits, req.prompt_ids, req.generated)
 
     def _vocab(self) -> tuple[list[str], dict[str, int]]:
         """Each token's text (special tokens: "", never allowed) and single-char tokens."""
@@ -322,7 +321,7 @@ class Engine:
     def _pick_constrained(self, req: Request, logits: torch.Tensor) -> tuple[int, float]:
         g = req.grammar
         texts, chars = self._vocab()
-        logits = logits.float()[: len(texts)]
+        logits = req.sampler.penalized(logits, req.prompt_ids, req.generated)[: len(texts)]
         logprobs = torch.log_softmax(logits, dim=-1)
 
         def n_tokens(text: str) -> int:
@@ -405,13 +404,20 @@ class Engine:
         req.emit(TokenEvent(token, delta, logprob, token in self.special_ids))
         if finish is None:
             return False
-        prefill = []
         req.emit(FinalEvent(
             finish_reason=finish, text=req.stop.text,
             prompt_tokens=len(req.prompt_ids), completion_tokens=len(req.generated),
-            cached_tokens=req.cached_tokens, prefill=prefill, seed=p.seed,
+            cached_tokens=req.cached_tokens, prompt_logprobs=req.prompt_logprobs,
+            seed=p.seed,
         ))
         return True
+
+
+def _target_logprobs(logits: torch.Tensor, targets: list[int]) -> list[float]:
+    """logits (positions, vocab) → log-probability of targets[i] at position i."""
+    logprobs = torch.log_softmax(logits[: len(targets)].float(), dim=-1)
+    picked = logprobs.gather(1, torch.tensor(targets, device=logits.device).unsqueeze(1))
+    return picked.squeeze(1).tolist()
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -1,11 +1,17 @@
-"""Per-request sampling: greedy at temperature 0, else temperature/top-k/top-p with a
-per-request generator so that the same seed gives the same text whatever the batch."""
+"""Per-request sampling: penalties first (repetition: TGI's, over prompt and output;
+presence/frequency: OpenAI's, over the output), then greedy at temperature 0, else
+temperature/top-k/top-p with a per-request generator so that the same seed gives the same
+text whatever the batch."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
+
+# A torch generator takes a 64-bit unsigned seed: the routes refuse any other (a 422
+# naming `seed`, not a 500 from inside the engine).
+SEED_MAX = 2**64 - 1
 
 
 @dataclass
@@ -15,11 +21,15 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
     # forced tool call: output constrained to a call of one of these functions
     tool_names: list[str] | None = None
+    # score the prompt: each prompt token's log-probability (TGI's decoder_input_details)
+    prompt_logprobs: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -37,17 +47,32 @@ class Sampler:
             else:
                 self.generator.seed()
 
-    def __call__(self, logits: torch.Tensor, history: list[int]) -> tuple[int, float]:
-        """logits: (vocab,) float32 on any device → (token id, its log-probability)."""
+    def penalized(self, logits: torch.Tensor, prompt: list[int],
+                  generated: list[int]) -> torch.Tensor:
+        """logits (vocab,) → float32 logits with the request's penalties applied."""
         p = self.params
         logits = logits.float()
-        if p.repetition_penalty != 1.0 and history:
-            idx = torch.tensor(sorted(set(history)), device=logits.device)
+        if p.repetition_penalty != 1.0:
+            history = sorted(set(prompt) | set(generated))
+            idx = torch.tensor(history, device=logits.device)
             vals = logits[idx]
             logits = logits.clone()
             logits[idx] = torch.where(
                 vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty
             )
+        if (p.presence_penalty or p.frequency_penalty) and generated:
+            # OpenAI: logits[t] -= presence * (count[t] > 0) + frequency * count[t]
+            idx, counts = torch.unique(torch.tensor(generated, device=logits.device),
+                                       return_counts=True)
+            logits = logits.clone()
+            logits[idx] -= p.presence_penalty + p.frequency_penalty * counts.float()
+        return logits
+
+    def __call__(self, logits: torch.Tensor, prompt: list[int],
+                 generated: list[int]) -> tuple[int, float]:
+        """logits: (vocab,) on any device → (token id, its log-probability)."""
+        p = self.params
+        logits = self.penalized(logits, prompt, generated)
         logprobs = torch.log_softmax(logits, dim=-1)
         if p.greedy:
             tok = int(torch.argmax(logits))

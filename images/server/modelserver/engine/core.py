@@ -271,7 +271,7 @@ class Engine:
             else:
                 keep.append(i)
         if len(keep) != len(self._rows):
-            self._keep(keep)
+            self._keep_rows_and_next_tokens(keep)
             if not self._rows:
                 return
         mask = torch.cat([self._mask, self._mask.new_ones(len(self._rows), 1)], dim=1)
@@ -295,7 +295,7 @@ class Engine:
         self._last = torch.tensor(nxt, device=self.device) if nxt else None
         if len(keep) != len(self._rows):
             last = self._last
-            self._keep_rows_only(keep)
+            self._keep_rows(keep)
             self._last = last
         self.stats.batch_size = len(self._rows)
 
@@ -359,13 +359,16 @@ class Engine:
         g.advance(texts[token])
         return token, float(logprobs[token])
 
-    def _keep(self, keep: list[int]) -> None:
+    def _keep_rows_and_next_tokens(self, keep: list[int]) -> None:
+        """Keep only the rows `keep` of the batch, with their pending next tokens."""
         idx = torch.tensor(keep, device=self.device, dtype=torch.long)
         last = self._last.index_select(0, idx) if keep else None
-        self._keep_rows_only(keep)
+        self._keep_rows(keep)
         self._last = last
 
-    def _keep_rows_only(self, keep: list[int]) -> None:
+    def _keep_rows(self, keep: list[int]) -> None:
+        """Keep only the rows `keep` of the batch state (requests, KV, mask, positions);
+        the caller sets the next tokens, which it has for the kept rows already."""
         if not keep:
             self._reset_batch()
             return

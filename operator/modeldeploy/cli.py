@@ -15,6 +15,9 @@ import yaml
 
 from modeldeploy import __version__
 
+# The routes `clawdbot-config --via` can point a client at (spec.Spec.url_via).
+VIA = ("ingress", "service")
+
 
 def _env_float(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
@@ -66,7 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--format", choices=sorted(CLIENT_FORMATS), default="clawdbot",
                     help="clawdbot (Clawdbot 2026.1), openclaw (OpenClaw, its current "
                     "name) or clawbot (the deployment guide's clawbot.json)")
+    cc.add_argument("--via", choices=VIA, default=None,
+                    help="ingress: the Ingress host (a client on the LAN); service: the "
+                    "Service (a client in the cluster). Default: the Ingress when the "
+                    "ModelDeployment has one, else the Service")
     return p
+
+
+def client_url(spec: Any, via: str | None) -> str:
+    """The base URL `clawdbot-config --via` points the client at; SystemExit naming the
+    flag when the ModelDeployment has no such route."""
+    try:
+        return spec.url_via(via)
+    except ValueError as exc:
+        raise SystemExit(f"--via {via}: {exc} (--via service: the Service, from inside "
+                         "the cluster)") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -134,7 +151,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _clawdbot_config(name: str, namespace: str | None, fmt: str) -> dict[str, Any]:
+async def _clawdbot_config(name: str, namespace: str | None, fmt: str,
+                           via: str | None = None) -> dict[str, Any]:
     from lightkube import AsyncClient
 
     from modeldeploy.constants import API_VERSION, KIND
@@ -149,6 +167,7 @@ async def _clawdbot_config(name: str, namespace: str | None, fmt: str) -> dict[s
     if body is None:
         raise SystemExit(f"ModelDeployment {ns}/{name} not found")
     spec = parse(name, ns, body["metadata"]["uid"], body.get("spec") or {})
+    url = client_url(spec, via)  # before any Secret is read
     key = None
     if spec.auth.enabled and fmt != "clawbot":
         secret = await kube.get(kind_of("v1", "Secret"), spec.api_key_secret_name, ns)
@@ -159,11 +178,11 @@ async def _clawdbot_config(name: str, namespace: str | None, fmt: str) -> dict[s
             key = base64.b64decode(data["keys"]).decode().split()[0]
         else:
             raise SystemExit(f"Secret {ns}/{spec.api_key_secret_name} has no API key yet")
-    return clawdbot.FORMATS[fmt](spec, key)
+    return clawdbot.FORMATS[fmt](spec, key, url)
 
 
 def cmd_clawdbot_config(args: argparse.Namespace) -> int:
-    config = asyncio.run(_clawdbot_config(args.name, args.namespace, args.format))
+    config = asyncio.run(_clawdbot_config(args.name, args.namespace, args.format, args.via))
     print(json.dumps(config, indent=2))
     return 0
 

@@ -26,6 +26,9 @@ IMAGE_UID = 10001
 # how long a generated agent config waits for a turn: a long prefill on a slow node sends
 # no token for minutes, and OpenClaw's own idle timeout would give up first.
 SERVER_REQUEST_TIMEOUT_SECONDS = 600
+# The largest request body the bundled server accepts (its --max-body-bytes default), and
+# so what a rendered Ingress lets through: Clawdbot's requests are ~40 kB.
+SERVER_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 FIELD_MANAGER = "modeldeploy"
 

@@ -9,6 +9,7 @@ parses every rendered builtin command line with the server's own argument parser
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 ENGINE_KINDS = ("builtin", "vllm", "tgi")
@@ -29,10 +30,18 @@ DEFAULT_QUANTIZATION = "none"
 
 # Tool-call parsers of the builtin engine (modelserver/toolcalls.py). hermes reads
 # `<tool_call>{…}</tool_call>` (Qwen, Hermes, SmolLM) and bare JSON; json only bare JSON;
-# none turns tool calling off. vLLM's names are its own (checked by vLLM at start); TGI
-# has no parser flag.
+# none turns tool calling off. TGI has no parser flag.
 BUILTIN_TOOL_CALL_PARSERS = ("hermes", "json", "none")
 DEFAULT_BUILTIN_TOOL_CALL_PARSER = "hermes"
+# vLLM v0.11.0's parsers (constants.VLLM_IMAGE): the names registered with
+# ToolParserManager.register_module in vllm/entrypoints/openai/tool_parsers/. A vLLM pin
+# change updates this list and tests/unit/engine_flags/vllm-*.txt together.
+VLLM_TOOL_CALL_PARSERS = (
+    "deepseek_v3", "deepseek_v31", "glm45", "granite", "granite-20b-fc", "hermes",
+    "hunyuan_a13b", "internlm", "jamba", "kimi_k2", "llama3_json", "llama4_json",
+    "llama4_pythonic", "longcat", "minimax", "mistral", "openai", "phi4_mini_json",
+    "pythonic", "qwen3_coder", "qwen3_xml", "seed_oss", "step3", "xlam",
+)
 
 DEFAULT_MAX_BATCH_SIZE = 8  # the deployment guide suggests 4-8 on one GPU
 DEFAULT_MAX_CONCURRENT_REQUESTS = 128  # queued + running, beyond which → 429 (or overflow)
@@ -63,3 +72,20 @@ class EngineOptions:
     max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
     max_input_tokens: int | None = None  # None: the model's context window decides
     max_total_tokens: int | None = None
+
+
+# The model cache's layout, as `modelserver fetch` writes it and every engine reads it:
+# hf:// models in the Hugging Face hub layout under <cache>/hub (models--org--name/…), an
+# https:// file list in a folder named by the list's hash.
+def hub_cache_dir(cache: str) -> str:
+    return f"{cache.rstrip('/')}/hub"
+
+
+def url_cache_dir(urls: list[str], cache: str) -> str:
+    digest = hashlib.sha256("\n".join(urls).encode()).hexdigest()[:16]
+    return f"{cache.rstrip('/')}/urls/{digest}"
+
+
+def source_urls(source: str) -> list[str]:
+    """An https:// source's files: one URL, or several separated by commas."""
+    return [u.strip() for u in source.split(",") if u.strip()]

@@ -159,8 +159,9 @@ def engine_schema() -> Schema:
                             f"{', '.join(contract.BUILTIN_TOOL_CALL_PARSERS)} (default "
                             f"{contract.DEFAULT_BUILTIN_TOOL_CALL_PARSER}; none turns tool "
                             "calling off); vllm: one of vLLM's parsers (e.g. hermes, "
-                            "llama3_json), unset leaves tool calling off; tgi: not accepted "
-                            "(TGI calls tools through its grammar, with no parser).",
+                            "llama3_json; the CRD lists them), unset leaves tool calling "
+                            "off; tgi: not accepted (TGI calls tools through its grammar, "
+                            "with no parser).",
                             maxLength=64, pattern=r"^[A-Za-z0-9_.-]+$"),
         "args": {"type": "array", "description": "Extra engine arguments, appended last.",
                  "maxItems": 64, "items": {"type": "string", "maxLength": 4096}},
@@ -183,6 +184,10 @@ def engine_schema() -> Schema:
              f"self.toolCallParser in {_cel_list(contract.BUILTIN_TOOL_CALL_PARSERS)}",
              "engine.toolCallParser: the builtin engine's parsers are "
              f"{', '.join(contract.BUILTIN_TOOL_CALL_PARSERS)}", ".toolCallParser"),
+        rule("!has(self.toolCallParser) || !has(self.kind) || self.kind != 'vllm' || "
+             f"self.toolCallParser in {_cel_list(contract.VLLM_TOOL_CALL_PARSERS)}",
+             "engine.toolCallParser: vllm's parsers are "
+             f"{', '.join(contract.VLLM_TOOL_CALL_PARSERS)}", ".toolCallParser"),
         rule("!has(self.toolCallParser) || !has(self.kind) || self.kind != 'tgi'",
              "engine.toolCallParser: tgi has no tool-call parser (it calls tools through "
              "its grammar); remove the field", ".toolCallParser"),
@@ -295,6 +300,17 @@ def network_schema() -> Schema:
             "controllerNamespace": s("string", "Namespace of the ingress controller, "
                                      "allowed by the NetworkPolicy.", maxLength=63,
                                      pattern=DNS_LABEL, default="ingress-nginx"),
+            "trustedProxies": {
+                "type": "array", "maxItems": 16, "description":
+                    "CIDRs of the ingress controller's pods (e.g. the pod CIDR "
+                    "10.244.0.0/16): the server takes the client address from their "
+                    "X-Forwarded-For (--trusted-proxy-cidr), never from anyone else's. "
+                    "Required when ipBlocks alone are allowed: the server's allow-list "
+                    "would otherwise see the controller's address and refuse everyone.",
+                "items": {"type": "string", "maxLength": 43},
+                "x-kubernetes-validations": [rule(
+                    "self.all(c, isCIDR(c))",
+                    "network.ingress.trustedProxies must be CIDRs such as 10.244.0.0/16")]},
         }, required=["host"]),
         "networkPolicy": s("boolean", "Render the NetworkPolicy (default true).",
                            default=True),
@@ -384,7 +400,27 @@ def spec_schema() -> Schema:
         rule("!has(self.autoscaling) || !has(self.replicas)",
              "replicas must not be set together with autoscaling (the autoscaler sets replicas)",
              ".replicas"),
+        trusted_proxies_rule(),
     ]})
+
+
+def trusted_proxies_rule() -> dict[str, str]:
+    """An Ingress in front of the builtin server's own allow-list (ipBlocks alone: see
+    spec.AllowFrom.server_cidrs) needs the controller's CIDRs, or every request through it
+    is refused with 403 (the server sees the controller's address, not the client's)."""
+    n = "self.network"
+    return rule(
+        f"!has({n}) || !has({n}.ingress) || !has({n}.allowFrom) || "
+        f"!has({n}.allowFrom.ipBlocks) || size({n}.allowFrom.ipBlocks) == 0 || "
+        f"(has({n}.allowFrom.namespaces) && size({n}.allowFrom.namespaces) > 0) || "
+        f"has({n}.allowFrom.podSelector) || "
+        "(has(self.engine) && has(self.engine.kind) && self.engine.kind != 'builtin') || "
+        f"(has({n}.ingress.trustedProxies) && size({n}.ingress.trustedProxies) > 0)",
+        "network.ingress.trustedProxies is required with an Ingress and "
+        "network.allowFrom.ipBlocks: the server's allow-list sees the ingress controller's "
+        "address, not the client's, and would refuse every request; list the controller "
+        "pods' CIDR (e.g. the pod CIDR 10.244.0.0/16)",
+        ".network.ingress.trustedProxies")
 
 
 def name_rule() -> dict[str, str]:

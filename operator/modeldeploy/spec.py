@@ -161,6 +161,15 @@ class IngressSpec:
     annotations: dict[str, str] = field(default_factory=dict)
     path: str = "/"
     controller_namespace: str = "ingress-nginx"
+    # CIDRs of the ingress controller's pods: the server takes the client address from
+    # their X-Forwarded-For (and from nobody else's) for its allow-list.
+    trusted_proxies: tuple[str, ...] = ()
+
+    @property
+    def nginx(self) -> bool:
+        """Whether the class is ingress-nginx's (its own class name, or none: the default
+        class of the clusters this operator targets)."""
+        return self.class_name in (None, "nginx")
 
 
 @dataclass(frozen=True)
@@ -259,13 +268,36 @@ class Spec:
         return f"{self.name}.{self.namespace}.svc:{self.network.port}"
 
     @property
+    def service_url(self) -> str:
+        """The OpenAI base URL inside the cluster: the Service."""
+        return f"{self.scheme}://{self.endpoint}/v1"
+
+    @property
+    def ingress_url(self) -> str | None:
+        """The OpenAI base URL through the Ingress (LAN clients), None without one."""
+        if not self.network.ingress:
+            return None
+        path = self.network.ingress.path.rstrip("/")
+        return f"{self.scheme}://{self.network.ingress.host}{path}/v1"
+
+    @property
     def base_url(self) -> str:
         """The OpenAI base URL clients use: the Ingress when there is one, else the Service."""
-        if self.network.ingress:
-            scheme = "https" if self.tls.enabled else "http"
-            path = self.network.ingress.path.rstrip("/")
-            return f"{scheme}://{self.network.ingress.host}{path}/v1"
-        return f"{self.scheme}://{self.endpoint}/v1"
+        return self.ingress_url or self.service_url
+
+    def url_via(self, via: str | None) -> str:
+        """The base URL through `via` ("ingress" | "service"), or base_url for None;
+        ValueError for "ingress" without an Ingress."""
+        if via is None:
+            return self.base_url
+        if via == "service":
+            return self.service_url
+        if via == "ingress" and self.ingress_url:
+            return self.ingress_url
+        if via == "ingress":
+            raise ValueError(f"ModelDeployment {self.namespace}/{self.name} has no "
+                             "network.ingress")
+        raise ValueError(f"unknown route {via!r}: ingress or service")
 
     @property
     def desired_replicas(self) -> int:
@@ -348,6 +380,7 @@ def _network(n: dict[str, Any]) -> NetworkSpec:
         ),
         ingress=IngressSpec(
             host=ing["host"], annotations=dict(ing.get("annotations") or {}),
+            trusted_proxies=tuple(ing.get("trustedProxies") or ()),
             **_given(ing, class_name=("className", str), path=("path", str),
                      controller_namespace=("controllerNamespace", str)),
         ) if ing else None,

@@ -76,6 +76,9 @@ def test_full_set_of_children(kubectl, namespace, run_operator, crd) -> None:  #
     ing = get(kubectl, namespace, "ingress", "chat")
     assert ing["spec"]["ingressClassName"] == "nginx"
     assert ing["spec"]["tls"] == [{"hosts": ["chat.lan.example"], "secretName": "chat-tls"}]
+    nginx = {k.removeprefix("nginx.ingress.kubernetes.io/"): v
+             for k, v in ing["metadata"]["annotations"].items()}
+    assert (nginx["proxy-buffering"], nginx["backend-protocol"]) == ("off", "HTTPS")
 
     np = get(kubectl, namespace, "networkpolicy", "chat")
     peers = np["spec"]["ingress"][0]["from"]

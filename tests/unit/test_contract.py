@@ -88,6 +88,8 @@ def expected(spec: Spec) -> dict[str, Any]:
         "no_auth": not spec.auth.enabled,
         "api_keys_file": f"{AUTH_DIR}/keys" if spec.auth.enabled else None,
         "allow_cidr": list(spec.network.allow_from.server_cidrs),
+        "trusted_proxy_cidr": list(spec.network.ingress.trusted_proxies
+                                   if spec.network.ingress else ()),
         "model_cache_dir": spec.cache_dir,
         "checksum": [Checksum.parse(f"{path}={digest}")
                      for path, digest in sorted(spec.model.checksums.items())],
@@ -138,6 +140,8 @@ OPTIONS: list[dict[str, Any]] = [
     {"model": {"source": "https://files.example/m.gguf"}},
     {"network": {"port": 9443, "allowFrom": {"ipBlocks": ["192.168.1.0/24"]}}},
     {"network": {"allowFrom": {"namespaces": ["agents"], "ipBlocks": ["10.0.0.0/8"]}}},
+    {"network": {"allowFrom": {"ipBlocks": ["192.168.1.0/24"]}, "ingress": {
+        "host": "chat.lan", "trustedProxies": ["10.244.0.0/16", "fd00:10:244::/56"]}}},
     {"tls": {"mode": "disabled"}},
     {"tls": {"minVersion": "1.2"}},
     {"auth": {"enabled": False}},

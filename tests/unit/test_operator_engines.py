@@ -59,13 +59,18 @@ def test_vllm_enables_tool_calling_and_its_own_flags() -> None:
                                 "model": {"source": "hf://Qwen/Q", "servedName": "q",
                                           "contextWindow": 32768}}))
     a = p.args
-    assert p.image == VLLM_IMAGE
-    assert arg_value(a, "--model") == "Qwen/Q" and arg_value(a, "--served-model-name") == "q"
+    assert p.image == VLLM_IMAGE and p.command == ["vllm", "serve"]
+    # The model is `vllm serve`'s positional argument (--model is deprecated there).
+    assert a[0] == "Qwen/Q" and "--model" not in a and arg_value(a, "--served-model-name") == "q"
     assert a[a.index("--enable-auto-tool-choice") + 1:][:2] == ["--tool-call-parser", "hermes"]
     assert arg_value(a, "--max-model-len") == "32768"
-    assert arg_value(a, "--quantization") == "awq"
-    assert json.loads(arg_value(a, "--override-generation-config"))["top_p"] == 0.9
+    # awq/gptq come from the checkpoint's config, so vLLM can pick its Marlin kernels.
+    assert "--quantization" not in a
+    overrides = json.loads(arg_value(a, "--override-generation-config"))
+    # max_new_tokens there would be a server-wide cap in vLLM, not a default: not rendered.
+    assert overrides == {"temperature": 0.7, "top_p": 0.9}
     assert arg_value(a, "--ssl-certfile") == "/etc/modelserver/tls/tls.crt"
+    assert "--enable-ssl-refresh" in a and "--tensor-parallel-size" not in a
     env = {e["name"]: e for e in p.env}
     assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "m-api-keys",
                                                                 "key": "primary"}
@@ -75,6 +80,27 @@ def test_vllm_enables_tool_calling_and_its_own_flags() -> None:
 def test_vllm_without_parser_has_no_tool_flags() -> None:
     a = engines.plan(make_spec({"engine": {"kind": "vllm"}})).args
     assert "--enable-auto-tool-choice" not in a and "--quantization" not in a
+
+
+def test_vllm_fp8_tensor_parallel_and_plain_http() -> None:
+    a = engines.plan(make_spec({"engine": {"kind": "vllm", "quantization": "fp8",
+                                           "maxTotalTokens": 8192},
+                                "resources": {"gpus": 4}, "tls": {"mode": "disabled"}})).args
+    # fp8 quantizes an unquantized checkpoint, so it has to be asked for.
+    assert arg_value(a, "--quantization") == "fp8"
+    assert arg_value(a, "--tensor-parallel-size") == "4"
+    assert arg_value(a, "--max-model-len") == "8192"
+    assert "--ssl-certfile" not in a and "--enable-ssl-refresh" not in a
+
+
+def test_vllm_caches_are_under_the_writable_home() -> None:
+    from modeldeploy.constants import HOME_DIR
+
+    env = {e["name"]: e.get("value") for e in engines.plan(make_spec(
+        {"engine": {"kind": "vllm"}})).env}
+    for var in ("XDG_CACHE_HOME", "VLLM_CACHE_ROOT", "VLLM_CONFIG_ROOT", "TRITON_CACHE_DIR",
+                "TORCHINDUCTOR_CACHE_DIR"):
+        assert env[var].startswith(HOME_DIR + "/"), var
 
 
 def test_tgi_flags() -> None:
@@ -88,6 +114,16 @@ def test_tgi_flags() -> None:
     assert arg_value(a, "--max-concurrent-requests") == "32"
     assert int(arg_value(a, "--max-input-tokens")) < int(arg_value(a, "--max-total-tokens"))
     assert p.metrics["queueDepth"] == "tgi_queue_size"
+    assert p.run_as_user == 0  # its Python lives under /root
+
+
+@pytest.mark.parametrize(("quant", "dtype_rendered"), [("none", True), ("int8", False),
+                                                       ("awq", False), ("fp8", False)])
+def test_tgi_never_renders_dtype_with_quantize(quant: str, dtype_rendered: bool) -> None:
+    a = engines.plan(make_spec({"engine": {"kind": "tgi", "quantization": quant,
+                                           "dtype": "bfloat16"},
+                                "tls": {"mode": "disabled"}})).args
+    assert ("--dtype" in a) is dtype_rendered and ("--quantize" in a) is (quant != "none")
 
 
 @pytest.mark.parametrize(("kind", "quant"), [("builtin", "fp8"), ("builtin", "awq"),

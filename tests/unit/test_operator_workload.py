@@ -93,6 +93,27 @@ def test_every_engine_runs_as_the_image_user_with_a_writable_home(engine: str) -
         assert c["terminationMessagePolicy"] == "FallbackToLogsOnError", c["name"]
 
 
+def test_tgi_runs_as_root_with_everything_else_locked_down() -> None:
+    """TGI's image keeps Python under /root: its container alone runs as uid 0; the pod, the
+    fetch step and every other engine stay on the image user."""
+    from modeldeploy.constants import IMAGE_UID
+
+    d = workload.render(make_spec({"engine": {"kind": "tgi"}, "tls": {"mode": "disabled"},
+                                   "model": {"cache": {"size": "10Gi"}}}))
+    pod = d["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == IMAGE_UID
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    sc = container(d)["securityContext"]
+    assert sc["runAsUser"] == 0 and sc["runAsNonRoot"] is False
+    assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "runAsUser" not in pod["initContainers"][0]["securityContext"]
+    for kind in ("builtin", "vllm"):
+        c = container(workload.render(make_spec({"engine": {"kind": kind}})))
+        assert c["securityContext"] == workload.container_security(), kind
+
+
 def test_probes_use_https_and_a_generous_startup() -> None:
     c = container(workload.render(make_spec({"engine": {"startupTimeoutSeconds": 3600}})))
     assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "api",

@@ -56,4 +56,5 @@ def build_app(settings: Settings) -> Any:
     app.include_router(tgi.router)
 
     keys = KeyFile(settings.api_keys_file) if settings.api_keys_file else None
-    return AccessMiddleware(app, keys, settings.allow_cidr, settings.max_body_bytes), app
+    return AccessMiddleware(app, keys, settings.allow_cidr, settings.max_body_bytes,
+                            settings.trusted_proxy_cidr), app

@@ -79,9 +79,12 @@ def serve(settings: Settings) -> int:
     kw = {}
     if not settings.no_tls:
         kw = {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key}
+    # proxy_headers off: uvicorn's own X-Forwarded-For handling trusts 127.0.0.1 whatever
+    # the flags say; AccessMiddleware resolves the header, from --trusted-proxy-cidr only,
+    # and puts the result where the access log reads it.
     config = uvicorn.Config(
         asgi, host=settings.host, port=settings.port, log_level=settings.log_level,
-        timeout_graceful_shutdown=5, access_log=True, **kw,
+        timeout_graceful_shutdown=5, access_log=True, proxy_headers=False, **kw,
     )
     config.load()
     if config.ssl is not None:

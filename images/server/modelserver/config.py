@@ -7,13 +7,14 @@ either); a flag given on the command line wins over the environment.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from modeldeploy import contract
-from modeldeploy.constants import SERVER_REQUEST_TIMEOUT_SECONDS
+from modeldeploy.constants import SERVER_MAX_BODY_BYTES, SERVER_REQUEST_TIMEOUT_SECONDS
 
 ENV_PREFIX = "MODELSERVER_"
 
@@ -63,7 +64,8 @@ class Settings(contract.EngineOptions):
     api_keys_file: str | None = None
     no_auth: bool = False
     allow_cidr: list[str] = field(default_factory=list)
-    max_body_bytes: int = 4 * 1024 * 1024
+    trusted_proxy_cidr: list[str] = field(default_factory=list)
+    max_body_bytes: int = SERVER_MAX_BODY_BYTES
     request_timeout: float = float(SERVER_REQUEST_TIMEOUT_SECONDS)
     redact_logs: bool = False
     cache_redis_url: str | None = None
@@ -116,6 +118,14 @@ class Settings(contract.EngineOptions):
             )
         if self.overflow_api_key_file and not self.overflow_url:
             raise ConfigError("--overflow-api-key-file needs --overflow-url")
+        for flag, cidrs in (("allow-cidr", self.allow_cidr),
+                            ("trusted-proxy-cidr", self.trusted_proxy_cidr)):
+            for cidr in cidrs:
+                try:
+                    ipaddress.ip_network(cidr, strict=False)
+                except ValueError:
+                    raise ConfigError(f"--{flag} {cidr!r}: not a CIDR such as 10.0.0.0/8 "
+                                      "or fd00::/8") from None
 
 
 def _env(flag: str) -> str | None:
@@ -190,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(s, "api-keys-file", help="one key per line; reloaded when it changes")
     _add(s, "no-auth", action="store_true", help="no API key check (explicit opt-out)")
     _add(s, "allow-cidr", action="append", help="allowed client network (repeatable)")
+    _add(s, "trusted-proxy-cidr", action="append",
+         help="reverse proxies (an Ingress controller) whose X-Forwarded-For gives the "
+              "client address for --allow-cidr and the access log (repeatable)")
     _add(s, "max-body-bytes", int, default=d.max_body_bytes)
     _add(s, "request-timeout", float, default=d.request_timeout)
     _add(s, "redact-logs", action="store_true", help="mask personal data in all log lines")
@@ -223,7 +236,8 @@ def settings_from_args(argv: Sequence[str] | None = None) -> tuple[str, Settings
     names = {f.name for f in fields(Settings)}
     values: dict[str, Any] = {}
     for key, value in vars(ns).items():
-        if key.startswith("_") or key in ("command", "checksum", "allow_cidr", "cache_dir"):
+        if key.startswith("_") or key in ("command", "checksum", "allow_cidr",
+                                          "trusted_proxy_cidr", "cache_dir"):
             continue
         if key == "no_warmup":
             values["warmup"] = not value
@@ -234,4 +248,5 @@ def settings_from_args(argv: Sequence[str] | None = None) -> tuple[str, Settings
     values["checksum"] = [Checksum.parse(c) for c in _list_value(ns, "checksum")]
     if ns.command == "serve":
         values["allow_cidr"] = _list_value(ns, "allow-cidr")
+        values["trusted_proxy_cidr"] = _list_value(ns, "trusted-proxy-cidr")
     return ns.command, Settings(**values)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from modeldeploy import contract
+
 from .config import Checksum
 
 log = logging.getLogger("modelserver.fetch")
@@ -88,9 +90,14 @@ def _download_urls(urls: list[str], dest: Path) -> None:
             raise FetchError(f"download of {url} failed: {exc}") from exc
 
 
-def _url_cache_dir(urls: list[str], cache: Path) -> Path:
-    digest = hashlib.sha256("\n".join(urls).encode()).hexdigest()[:16]
-    return cache / "urls" / digest
+def hub_cache_dir(cache: Path) -> Path:
+    """Where hf:// models go under the cache folder (contract.hub_cache_dir)."""
+    return Path(contract.hub_cache_dir(str(cache)))
+
+
+def url_cache_dir(urls: list[str], cache: Path) -> Path:
+    """Where an https:// file list is saved under the cache folder (contract.url_cache_dir)."""
+    return Path(contract.url_cache_dir(urls, str(cache)))
 
 
 def resolve(
@@ -107,7 +114,7 @@ def resolve(
             from huggingface_hub import snapshot_download
 
             path = snapshot_download(
-                repo_id=repo, revision=rev, cache_dir=str(cache / "hub"),
+                repo_id=repo, revision=rev, cache_dir=str(hub_cache_dir(cache)),
                 local_files_only=not download,
             )
         except OSError as exc:
@@ -118,9 +125,9 @@ def resolve(
             raise FetchError(f"cannot fetch hf://{repo}@{rev or 'main'}: {exc}") from exc
         return _local(Path(path))
     if source.startswith(("https://", "http://")):
-        urls = [u.strip() for u in source.split(",") if u.strip()]
+        urls = contract.source_urls(source)
         cache = _default_cache(cache_dir)
-        dest = _url_cache_dir(urls, cache)
+        dest = url_cache_dir(urls, cache)
         try:
             if download:
                 _download_urls(urls, dest)

@@ -1,5 +1,9 @@
 """Access control as one ASGI middleware: IP allow-list (403), API key (401), body size
-limit (413). Keys are compared in constant time and reloaded when their file changes."""
+limit (413). Keys are compared in constant time and reloaded when their file changes.
+
+Behind a reverse proxy (an Ingress controller) the TCP peer is the proxy; the client's
+address then comes from X-Forwarded-For, but only when the peer is a trusted proxy
+(--trusted-proxy-cidr): from anyone else the header is a forgery and ignored."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from starlette.exceptions import HTTPException
 
@@ -26,6 +30,40 @@ log = logging.getLogger("modelserver.security")
 
 # Kubelet probes and Prometheus scrapes carry no key; these routes reveal nothing private.
 OPEN_PATHS = {"/health", "/metrics"}
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_ip(text: str) -> IPAddress:
+    """An address as the allow-list compares it (IPv4-mapped IPv6 as IPv4); ValueError when
+    `text` is not a bare address."""
+    addr = ipaddress.ip_address(text.strip())
+    if addr.version == 6 and addr.ipv4_mapped:
+        return addr.ipv4_mapped
+    return addr
+
+
+def client_address(peer: str, forwarded_for: str | None,
+                   trusted: Sequence[IPNetwork]) -> IPAddress:
+    """The client's address: the TCP peer's, unless the peer is a trusted proxy that sent
+    X-Forwarded-For; then the right-most address of that header that is not a trusted
+    proxy itself (each proxy appends the address it saw; what lies left of the last
+    untrusted hop was written by the client and proves nothing). When every hop is a
+    trusted proxy, the left-most one. ValueError: the peer is not an address, or a trusted
+    proxy sent a header that is empty or holds something other than bare addresses."""
+    addr = parse_ip(peer)
+    if forwarded_for is None or not _within(addr, trusted):
+        return addr
+    hops = [parse_ip(h) for h in forwarded_for.split(",")]  # ValueError on garbage
+    for hop in reversed(hops):
+        if not _within(hop, trusted):
+            return hop
+    return hops[0]
+
+
+def _within(addr: IPAddress, networks: Sequence[IPNetwork]) -> bool:
+    return any(addr in net for net in networks)
 
 
 class KeyFile:
@@ -76,10 +114,11 @@ class KeyFile:
 
 class AccessMiddleware:
     def __init__(self, app: Callable, keys: KeyFile | None, cidrs: list[str],
-                 max_body_bytes: int) -> None:
+                 max_body_bytes: int, trusted_proxies: Sequence[str] = ()) -> None:
         self.app = app
         self.keys = keys
         self.networks = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+        self.trusted = [ipaddress.ip_network(c, strict=False) for c in trusted_proxies]
         self.max_body = max_body_bytes
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -94,6 +133,8 @@ class AccessMiddleware:
         await self.app(scope, self._limited(receive), send)
 
     def _rejection(self, scope: dict, path: str) -> APIError | None:
+        if not self._resolve_client(scope) and path != "/health":
+            return ForbiddenError("malformed X-Forwarded-For header from a trusted proxy")
         if self.networks and path != "/health" and not self._allowed(scope):
             return ForbiddenError()
         if self.keys is not None and path not in OPEN_PATHS and not self._authorized(scope):
@@ -123,17 +164,35 @@ class AccessMiddleware:
 
         return wrapped
 
+    def _resolve_client(self, scope: dict) -> bool:
+        """Put the client address forwarded by a trusted proxy into scope["client"], where
+        the allow-list, the access log and the app read it (port unknown: 0). False when a
+        trusted proxy sent a malformed X-Forwarded-For."""
+        client = scope.get("client")
+        forwarded = _header_values(scope, b"x-forwarded-for")
+        if not self.trusted or not client or forwarded is None:
+            return True
+        try:
+            peer = parse_ip(client[0])
+        except ValueError:
+            return True  # not an IP peer (a unix socket): nothing to resolve
+        try:
+            addr = client_address(client[0], forwarded, self.trusted)
+        except ValueError:
+            return False
+        if addr != peer:
+            scope["client"] = (str(addr), 0)
+        return True
+
     def _allowed(self, scope: dict) -> bool:
         client = scope.get("client")
         if not client:
             return False
         try:
-            addr = ipaddress.ip_address(client[0])
+            addr = parse_ip(client[0])
         except ValueError:
             return False
-        if addr.version == 6 and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.networks)
+        return _within(addr, self.networks)
 
     def _authorized(self, scope: dict) -> bool:
         value = _header(scope, b"authorization")
@@ -160,3 +219,9 @@ def _header(scope: dict, name: bytes) -> str | None:
         if k.lower() == name:
             return v.decode("latin-1")
     return None
+
+
+def _header_values(scope: dict, name: bytes) -> str | None:
+    """Every line of a list-valued header, joined with commas in order (RFC 9110 5.3)."""
+    values = [v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == name]
+    return ",".join(values) if values else None

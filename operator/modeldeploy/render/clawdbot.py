@@ -15,6 +15,8 @@ differ in one place, so each gets its own file:
 - `ca.crt`: the CA that signed the server certificate, for NODE_EXTRA_CA_CERTS.
 The API key is a `${MODELDEPLOY_API_KEY}` reference, so the ConfigMap holds no secret;
 `modeldeploy clawdbot-config NAME --format F` prints one with the key filled in.
+Each format takes the base URL (`base_url`: spec.url_via, the Ingress or the Service);
+the ConfigMap's use spec.base_url (the Ingress when there is one).
 """
 
 from __future__ import annotations
@@ -41,14 +43,15 @@ def compatible(spec: Spec) -> tuple[bool, str]:
     return True, f"contextWindow {cw} is accepted by Clawdbot"
 
 
-def clawdbot_json(spec: Spec, api_key: str | None = None) -> dict[str, Any]:
+def clawdbot_json(spec: Spec, api_key: str | None = None,
+                  base_url: str | None = None) -> dict[str, Any]:
     provider = spec.clawdbot.provider_name
     key = api_key if api_key is not None else (
         f"${{{API_KEY_ENV}}}" if spec.auth.enabled else "no-key")
     return {
         "agents": {"defaults": {"model": {"primary": f"{provider}/{spec.model.served_name}"}}},
         "models": {"mode": "merge", "providers": {provider: {
-            "baseUrl": spec.base_url,
+            "baseUrl": base_url or spec.base_url,
             "apiKey": key,
             "api": "openai-completions",
             "models": [{
@@ -61,8 +64,9 @@ def clawdbot_json(spec: Spec, api_key: str | None = None) -> dict[str, Any]:
     }
 
 
-def openclaw_json(spec: Spec, api_key: str | None = None) -> dict[str, Any]:
-    config = clawdbot_json(spec, api_key)
+def openclaw_json(spec: Spec, api_key: str | None = None,
+                  base_url: str | None = None) -> dict[str, Any]:
+    config = clawdbot_json(spec, api_key, base_url)
     for provider in config["models"]["providers"].values():
         provider["request"] = {"allowPrivateNetwork": True}
         provider["timeoutSeconds"] = SERVER_REQUEST_TIMEOUT_SECONDS
@@ -71,9 +75,10 @@ def openclaw_json(spec: Spec, api_key: str | None = None) -> dict[str, Any]:
     return config
 
 
-def clawbot_json(spec: Spec, api_key: str | None = None) -> dict[str, Any]:
+def clawbot_json(spec: Spec, api_key: str | None = None,
+                 base_url: str | None = None) -> dict[str, Any]:
     del api_key  # the guide's format carries no key
-    url = urlparse(spec.base_url)
+    url = urlparse(base_url or spec.base_url)
     port = url.port or (443 if url.scheme == "https" else 80)
     return {
         "model_server": {"protocol": url.scheme, "host": url.hostname, "port": port,

@@ -102,14 +102,21 @@ def probes(spec: Spec, health_path: str) -> dict[str, Any]:
     }
 
 
-def container_security() -> dict[str, Any]:
-    return {
+def container_security(run_as_user: int | None = None) -> dict[str, Any]:
+    """Locked down; `run_as_user` (an engine's EnginePlan.run_as_user) overrides the pod's
+    non-root user for this container only, with no privilege escalation, no capabilities
+    and the read-only root filesystem kept."""
+    sc: dict[str, Any] = {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
         "runAsNonRoot": True,
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+    if run_as_user is not None:
+        sc["runAsUser"] = run_as_user
+        sc["runAsNonRoot"] = run_as_user != 0
+    return sc
 
 
 def volumes_and_mounts(spec: Spec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -176,7 +183,7 @@ def render(spec: Spec) -> dict[str, Any]:
         "ports": [{"name": PORT_NAME, "containerPort": spec.network.port, "protocol": "TCP"}],
         "env": [{"name": "HOME", "value": HOME_DIR}, *plan.env],
         "resources": resources(spec),
-        "securityContext": container_security(),
+        "securityContext": container_security(plan.run_as_user),
         "terminationMessagePolicy": TERMINATION_MESSAGE_POLICY,
         # Endpoints drop a terminating pod asynchronously: keep serving a few seconds
         # after the pod is told to stop, so a roll refuses no new connection.

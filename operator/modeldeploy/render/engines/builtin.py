@@ -1,7 +1,7 @@
 """The bundled server (images/server, `modelserver serve`): the default engine.
 
 Its `modelserver fetch` also fills the model cache for every engine (it verifies
-checksums), so the other engine modules take their FetchPlan from here.
+checksums): render/engines/model_files.py gives the other engines that step.
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ def fetch_args(spec: Spec) -> list[str]:
     return args
 
 
-def fetch_plan(spec: Spec, image: str = DEFAULT_IMAGE) -> FetchPlan | None:
-    """The cache-filling init container; none without a cache volume to fill."""
-    if spec.model.cache is None:
+def fetch_plan(spec: Spec, image: str = DEFAULT_IMAGE,
+               always: bool = False) -> FetchPlan | None:
+    """The cache-filling init container; none without a cache volume to fill, unless
+    `always` (an engine that cannot download the source itself fills the pod's emptyDir)."""
+    if spec.model.cache is None and not always:
         return None
     return FetchPlan(image=image, command=["modelserver"], args=fetch_args(spec))
 
@@ -81,6 +83,8 @@ def plan(spec: Spec) -> EnginePlan:
         args.append("--no-auth")
     for cidr in spec.network.allow_from.server_cidrs:
         args += ["--allow-cidr", cidr]
+    for cidr in spec.network.ingress.trusted_proxies if spec.network.ingress else ():
+        args += ["--trusted-proxy-cidr", cidr]
     args += ["--model-cache-dir", spec.cache_dir, *checksum_args(spec)]
     return EnginePlan(
         image=DEFAULT_IMAGE,

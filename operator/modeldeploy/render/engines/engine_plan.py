@@ -30,3 +30,8 @@ class EnginePlan:
     metrics: dict[str, str] = field(default_factory=dict)
     # None when the model has no cache volume to fill (the engine reads it directly).
     fetch: FetchPlan | None = None
+    # The uid the engine's container must run as, when its image cannot run as the image
+    # user (constants.IMAGE_UID) of the pod: 0 for an image whose Python lives under /root.
+    # None keeps the pod's non-root user. Everything else in the securityContext stays
+    # locked down either way (render/workload.py container_security).
+    run_as_user: int | None = None

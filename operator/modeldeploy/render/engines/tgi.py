@@ -2,6 +2,11 @@
 
 TGI serves plain HTTP only (the CRD requires tls.mode: disabled for it; terminate TLS at
 an Ingress) and enables tool calling through its grammar support, with no parser flag.
+Every flag rendered here is checked against tests/unit/engine_flags/tgi-launcher-3.x.txt.
+
+Its image runs as root: `uv python install` put Python under /root/.local/share/uv (the
+3.x Dockerfile), which no other uid can enter. The container still has no capabilities, no
+privilege escalation, a read-only root filesystem and RuntimeDefault seccomp.
 """
 
 from __future__ import annotations
@@ -9,8 +14,13 @@ from __future__ import annotations
 from modeldeploy import contract
 from modeldeploy.constants import TGI_IMAGE
 from modeldeploy.render.engines.api_key import api_key_env
-from modeldeploy.render.engines.builtin import fetch_plan
 from modeldeploy.render.engines.engine_plan import EnginePlan
+from modeldeploy.render.engines.model_files import (
+    engine_fetch,
+    engine_model,
+    hub_cache_dir,
+    hub_env,
+)
 from modeldeploy.spec import Spec
 
 QUANTIZATIONS = contract.QUANTIZATIONS_BY_ENGINE["tgi"]
@@ -20,8 +30,8 @@ _QUANTIZE = {"int8": "bitsandbytes", "fp8": "fp8", "awq": "awq", "gptq": "gptq"}
 
 def plan(spec: Spec) -> EnginePlan:
     e = spec.engine
-    model = spec.model.local_path() or spec.model.hf_id or spec.model.source
-    args = ["--model-id", model, "--hostname", "0.0.0.0", "--port", str(spec.network.port)]
+    args = ["--model-id", engine_model(spec), "--hostname", "0.0.0.0",
+            "--port", str(spec.network.port)]
     if spec.model.revision:
         args += ["--revision", spec.model.revision]
     args += ["--max-concurrent-requests", str(e.max_concurrent_requests),
@@ -31,14 +41,22 @@ def plan(spec: Spec) -> EnginePlan:
     args += ["--max-input-tokens", str(max_input), "--max-total-tokens", str(max_total)]
     if e.quantization != "none":
         args += ["--quantize", _QUANTIZE[e.quantization]]
-    if e.dtype in ("float16", "bfloat16"):
+    elif e.dtype in ("float16", "bfloat16"):
+        # Never with --quantize: TGI's server refuses the pair ("Only 1 can be set between
+        # `dtype` and `quantize`", server/text_generation_server/cli.py serve).
         args += ["--dtype", e.dtype]
+    fetch = engine_fetch(spec)
     return EnginePlan(
         image=TGI_IMAGE,
         command=None,
         args=args,
-        env=[{"name": "HF_HUB_CACHE", "value": spec.cache_dir}, *api_key_env(spec, "API_KEY")],
+        # HUGGINGFACE_HUB_CACHE is the launcher's own (--huggingface-hub-cache): it hands it
+        # to the download step and the shards.
+        env=[*hub_env(spec, fetch),
+             {"name": "HUGGINGFACE_HUB_CACHE", "value": hub_cache_dir(spec)},
+             *api_key_env(spec, "API_KEY")],
         health_path="/health",
         metrics={"inflightRequests": "tgi_batch_current_size", "queueDepth": "tgi_queue_size"},
-        fetch=fetch_plan(spec),
+        fetch=fetch,
+        run_as_user=0,
     )

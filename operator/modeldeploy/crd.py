@@ -148,9 +148,10 @@ def engine_schema() -> Schema:
                           default=contract.DEFAULT_QUANTIZATION),
         "maxBatchSize": s("integer", "Requests batched together (the guide suggests 4-8).",
                           minimum=1, maximum=1024, default=contract.DEFAULT_MAX_BATCH_SIZE),
+        # No schema default: vLLM has no such limit, so the field must be able to be absent.
         "maxConcurrentRequests": s("integer", "Admitted requests (queued + running) before "
-                                   "429.", minimum=1, maximum=100_000,
-                                   default=contract.DEFAULT_MAX_CONCURRENT_REQUESTS),
+                                   f"429 (default {contract.DEFAULT_MAX_CONCURRENT_REQUESTS}; "
+                                   "builtin and tgi).", minimum=1, maximum=100_000),
         "maxInputTokens": s("integer", "Longest prompt accepted.", minimum=1,
                             maximum=10_000_000),
         "maxTotalTokens": s("integer", "Longest prompt + completion.", minimum=1,
@@ -188,6 +189,17 @@ def engine_schema() -> Schema:
              f"self.toolCallParser in {_cel_list(contract.VLLM_TOOL_CALL_PARSERS)}",
              "engine.toolCallParser: vllm's parsers are "
              f"{', '.join(contract.VLLM_TOOL_CALL_PARSERS)}", ".toolCallParser"),
+        # What an engine has no way to honour is refused, not accepted and ignored.
+        rule("!has(self.maxConcurrentRequests) || !has(self.kind) || self.kind != 'vllm'",
+             "engine.maxConcurrentRequests: vllm has no admission limit (it queues every "
+             "request); remove the field", ".maxConcurrentRequests"),
+        rule("!has(self.maxInputTokens) || !has(self.kind) || self.kind != 'vllm'",
+             "engine.maxInputTokens: vllm bounds prompt + completion only (--max-model-len, "
+             "from maxTotalTokens or model.contextWindow); remove the field",
+             ".maxInputTokens"),
+        rule("!has(self.dtype) || !has(self.kind) || self.kind != 'tgi' || "
+             "self.dtype != 'float32'",
+             "engine.dtype: tgi serves float16 or bfloat16 (or auto), not float32", ".dtype"),
         rule("!has(self.toolCallParser) || !has(self.kind) || self.kind != 'tgi'",
              "engine.toolCallParser: tgi has no tool-call parser (it calls tools through "
              "its grammar); remove the field", ".toolCallParser"),
@@ -401,6 +413,15 @@ def spec_schema() -> Schema:
              "replicas must not be set together with autoscaling (the autoscaler sets replicas)",
              ".replicas"),
         trusted_proxies_rule(),
+        rule("!has(self.engine) || !has(self.engine.kind) || self.engine.kind != 'tgi' || "
+             "!has(self.defaults) || (!has(self.defaults.temperature) && "
+             "!has(self.defaults.topP))",
+             "defaults.temperature and defaults.topP: tgi has no server-side sampling "
+             "defaults (its clients send them); remove them", ".defaults"),
+        rule("!has(self.engine) || !has(self.engine.kind) || self.engine.kind != 'vllm' || "
+             "!has(self.defaults) || !has(self.defaults.maxTokens)",
+             "defaults.maxTokens: vllm would apply it as a server-wide cap on every request's "
+             "max_tokens, not as a default; remove it", ".defaults.maxTokens"),
     ]})
 
 

@@ -40,6 +40,14 @@ class ValidationError(APIError):
     status, error_type = 422, "validation"
 
 
+def refuse_unsupported(set_values: dict[str, bool]) -> None:
+    """A 422 naming the first parameter that is set (True) although this server does not
+    implement it: refused, never accepted and ignored."""
+    for name, is_set in set_values.items():
+        if is_set:
+            raise ValidationError(f"`{name}` is not supported by this server", param=name)
+
+
 class BadRequestError(APIError):
     """A request that is malformed below the body (e.g. its Content-Length)."""
     status, error_type = 400, "validation"

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..chat import render_prompt
 from ..engine.sampling import SEED_MAX, SamplingParams
-from ..errors import NotFoundError, ValidationError
+from ..errors import NotFoundError, ValidationError, refuse_unsupported
 from ..service import ModelService, sampling_params
 
 # TGI's own clients (text_generation's Client.chat, huggingface_hub's InferenceClient on
@@ -57,9 +57,7 @@ class _Base(BaseModel):
         if self.store:
             raise ValidationError("`store` must be false: this server stores no completions",
                                   param="store")
-        if self.logit_bias:
-            raise ValidationError("`logit_bias` is not supported by this server",
-                                  param="logit_bias")
+        refuse_unsupported({"logit_bias": bool(self.logit_bias)})
         if self.n not in (None, 1):
             raise ValidationError("`n` must be 1: this server returns one choice per request",
                                   param="n")
@@ -110,12 +108,8 @@ class ChatCompletionRequest(_Base):
 
     def check(self, svc: ModelService) -> None:
         super().check(svc)
-        if self.logprobs:
-            raise ValidationError("`logprobs` is not supported by this server",
-                                  param="logprobs")
-        if self.top_logprobs:
-            raise ValidationError("`top_logprobs` is not supported by this server",
-                                  param="top_logprobs")
+        refuse_unsupported({"logprobs": bool(self.logprobs),
+                            "top_logprobs": bool(self.top_logprobs)})
 
 
 class CompletionRequest(_Base):

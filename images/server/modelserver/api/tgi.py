@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import __version__
 from ..engine.core import FinalEvent, TokenEvent
 from ..engine.sampling import SEED_MAX, SamplingParams
-from ..errors import APIError, ValidationError, error_body
+from ..errors import APIError, ValidationError, error_body, refuse_unsupported
 from ..service import ClientGone, ModelService, sampling_params
 
 router = APIRouter(tags=["TGI"])
@@ -132,7 +132,7 @@ def validate(svc: ModelService, body: GenerateRequest, streaming: bool) -> Valid
 def _refuse_unsupported(p: Parameters) -> None:
     """Set values of parameters this server does not implement (explicit nulls, and the
     text-generation client's defaults, watermark=false, pass)."""
-    unsupported = {
+    refuse_unsupported({
         # typical sampling is not implemented
         "typical_p": p.typical_p is not None,
         # TGI counts the prompt's tokens too; /v1 routes have OpenAI's frequency_penalty
@@ -141,10 +141,7 @@ def _refuse_unsupported(p: Parameters) -> None:
         "top_n_tokens": p.top_n_tokens not in (None, 0),
         "watermark": bool(p.watermark),
         "adapter_id": bool(p.adapter_id),
-    }
-    for name, refused in unsupported.items():
-        if refused:
-            raise ValidationError(f"`{name}` is not supported by this server", param=name)
+    })
 
 
 def _details(svc: ModelService, v: Valid, tokens: list[dict[str, Any]],

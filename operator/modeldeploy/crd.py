@@ -13,6 +13,7 @@ import yaml
 
 from modeldeploy import contract
 from modeldeploy.constants import CRD_NAME, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+from modeldeploy.spec import PARAMETER_COUNT
 
 Schema = dict[str, Any]
 
@@ -81,6 +82,19 @@ def model_schema() -> Schema:
         "contextWindow": s("integer", "The model's real context window in tokens (prompt + "
                            "completion). Clawdbot refuses models below 16000.",
                            minimum=128, maximum=10_000_000),
+        "parameters": s("string", "The model's parameter count, e.g. 80B, 7.6B or 135M (M, B "
+                        "or T). The operator estimates the memory the model needs from it "
+                        "(status.memory) and says in condition MemoryFits when the declared "
+                        "memory cannot hold it. Unset: no estimate.",
+                        maxLength=16, pattern=PARAMETER_COUNT.pattern),
+        "kvCacheBytesPerToken": s("integer", "KV cache bytes of one token of context, all "
+                                  "layers, at the served dtype: 2 × attention layers × "
+                                  "num_key_value_heads × head_dim × bytes per value, from "
+                                  "the model's config.json (e.g. 57344 for Qwen2.5-7B in "
+                                  "bfloat16). Counted in the memory estimate for "
+                                  "engine.maxBatchSize sequences of the context window; "
+                                  "unset: the KV cache is not counted.",
+                                  minimum=1, maximum=64 * 2**20),
         "checksums": {
             "type": "object",
             "description": "Expected digests by file path inside the model, as sha256:HEX "
@@ -475,6 +489,22 @@ def status_schema() -> Schema:
         "tlsSecret": s("string", "Secret holding the serving certificate."),
         "clawdbotConfigMap": s("string", "ConfigMap with clawdbot.json."),
         "gpuMemory": s("string", "GPU memory the model needs per replica."),
+        "memory": obj("The operator's estimate of the memory the model needs per replica "
+                      "(with spec.model.parameters), as Kubernetes quantities.", {
+            "parameters": s("string", "Parameter count the estimate starts from."),
+            "parametersSource": s("string", "Where the count comes from."),
+            "weightFormat": s("string", "How the weights are held (dtype, quantization)."),
+            "weights": s("string", "Weights."),
+            "kvCache": s("string", "KV cache of a full batch at the full context window "
+                         "(absent without spec.model.kvCacheBytesPerToken)."),
+            "overhead": s("string", "Runtime and working memory."),
+            "minimum": s("string", "Weights + overhead + one full-window sequence."),
+            "total": s("string", "Weights + overhead + a full batch."),
+            "perGpu": s("string", "total spread over resources.gpus."),
+            "declared": s("string", "What the spec declares for it."),
+            "declaredField": s("string", "The field declaring it."),
+            "loaderMemory": s("string", "Pod memory loading onto GPUs needs."),
+        }),
         "conditions": {"type": "array", "items": condition,
                        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     })

@@ -30,3 +30,12 @@ def parse(value: object) -> Decimal | None:
         return number * _SUFFIX[m.group(2)]
     except ArithmeticError:  # InvalidOperation, Overflow
         return None
+
+
+def binary(n_bytes: float) -> str:
+    """A byte count as a quantity for people, rounded up: whole Gi from 10Gi, else Mi
+    (Gi when exact)."""
+    mib = -(-int(n_bytes) // 2**20)
+    if mib >= 10 * 1024 or (mib and mib % 1024 == 0):
+        return f"{-(-mib // 1024)}Gi"
+    return f"{mib}Mi"

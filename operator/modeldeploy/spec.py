@@ -6,8 +6,10 @@ derives values the renderers share (names, URLs). It never does I/O.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlparse
 
@@ -19,6 +21,20 @@ GPU_PRODUCT_LABELS = {
     "amd.com/gpu": "amd.com/gpu.product-name",
     "gpu.intel.com/i915": "gpu.intel.com/device-id",
 }
+
+
+# model.parameters: a count such as 80B, 7.6B or 135M (the CRD's pattern refuses others).
+PARAMETER_COUNT = re.compile(r"^(0\.[0-9]{0,2}[1-9]|[1-9][0-9]{0,5}(\.[0-9]{1,3})?)([MBT])$")
+PARAMETER_UNITS = {"M": 10**6, "B": 10**9, "T": 10**12}
+
+
+def parameter_count(text: object) -> int:
+    """80B → 80_000_000_000; ValueError naming the field for anything else."""
+    m = PARAMETER_COUNT.match(str(text))
+    if not m:
+        raise ValueError(f"spec.model.parameters: {text!r} is not a parameter count such as "
+                         "80B, 7.6B or 135M")
+    return int(Decimal(m.group(1)) * PARAMETER_UNITS[m.group(3)])
 
 
 @dataclass(frozen=True)
@@ -38,6 +54,10 @@ class ModelSpec:
     context_window: int = contract.DEFAULT_CONTEXT_WINDOW
     checksums: dict[str, str] = field(default_factory=dict)
     cache: CacheSpec | None = None
+    # The model's size, for the memory estimate (memory_estimate.py); None: not estimated.
+    parameters: int | None = None
+    # KV cache of one token of context, all layers, at the served dtype; None: not counted.
+    kv_cache_bytes_per_token: int | None = None
 
     @property
     def scheme(self) -> str:
@@ -321,7 +341,9 @@ def _model(name: str, m: dict[str, Any]) -> ModelSpec:
         cache=None if cache is None else CacheSpec(**_given(
             cache, size=("size", str), storage_class_name=("storageClassName", str),
             access_mode=("accessMode", str), retain=("retain", bool))),
-        **_given(m, revision=("revision", str), context_window=("contextWindow", int)),
+        **_given(m, revision=("revision", str), context_window=("contextWindow", int),
+                 parameters=("parameters", parameter_count),
+                 kv_cache_bytes_per_token=("kvCacheBytesPerToken", int)),
     )
 
 

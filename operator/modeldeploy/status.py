@@ -10,11 +10,14 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
+from modeldeploy import memory_estimate, quantity
+from modeldeploy.memory_estimate import Check, Estimate
 from modeldeploy.render import clawdbot
 from modeldeploy.spec import Spec
 
 # Conditions whose turn to False deserves a Warning Event on the ModelDeployment.
-EVENT_CONDITIONS = ("Scheduled", "Healthy", "ModelReady", "Reconciled", "TLSReady")
+EVENT_CONDITIONS = ("Scheduled", "Healthy", "ModelReady", "Reconciled", "TLSReady",
+                    "MemoryFits")
 CRASH_REASONS = {"CrashLoopBackOff", "OOMKilled", "Error", "ContainerCannotRun",
                  "CreateContainerError", "CreateContainerConfigError", "ImagePullBackOff",
                  "ErrImagePull", "InvalidImageName", "RunContainerError"}
@@ -229,6 +232,69 @@ def clawdbot_compatible(spec: Spec) -> Cond:
                 "ContextWindowOK" if ok else "ContextWindowTooSmall", why)
 
 
+def _breakdown(spec: Spec, est: Estimate) -> str:
+    """'80B parameters as bfloat16: 149Gi of weights + 9Gi overhead + …'."""
+    q = quantity.binary
+    text = (f"{memory_estimate.parameter_label(est.parameters)} parameters as "
+            f"{est.weight_format}: {q(est.weights)} of weights + {q(est.overhead)} overhead")
+    if est.kv_per_sequence is None:
+        return text + " (KV cache not counted: set spec.model.kvCacheBytesPerToken)"
+    return (text + f" + {q(est.kv_per_sequence)} of KV cache per "
+            f"{est.tokens_per_sequence}-token sequence, {est.sequences} at a full batch")
+
+
+def memory_fits(spec: Spec, est: Estimate | None) -> Cond | None:
+    """Whether the declared memory can hold the estimate; None without parameters.
+    False only when it is more than memory_estimate.MARGIN short of the minimum (the
+    weights, the overhead and one full-window sequence)."""
+    if est is None:
+        return None
+    q = quantity.binary
+    checks = memory_estimate.checks(spec, est)
+    per_replica = " per replica" + (f" ({spec.resources.gpus} GPUs together)"
+                                    if spec.resources.gpus > 1 else "")
+    for c in checks:
+        if c.too_small:
+            return Cond("MemoryFits", "False", _too_small_reason(c),
+                        _too_small_message(spec, est, c, per_replica))
+    model = checks[0]
+    if model.declared is None:
+        return Cond("MemoryFits", "Unknown", "GpuMemoryNotDeclared",
+                    f"the model needs at least {q(est.minimum)} of GPU memory{per_replica} "
+                    f"({q(est.total)} at a full batch; {_breakdown(spec, est)}); set "
+                    f"{model.field} to have it checked")
+    declared = f"{model.field} {model.declared_text}"
+    if model.full_batch_fits:
+        return Cond("MemoryFits", "True", "Fits",
+                    f"{declared} holds the {q(est.total)} the model needs{per_replica} at a "
+                    f"full batch ({_breakdown(spec, est)})")
+    fit = est.sequences_in(model.declared)
+    then = ("the engine batches that many" if spec.engine.kind
+            in memory_estimate.PREALLOCATING_ENGINES else
+            "a full batch of long requests may run out of memory")
+    return Cond("MemoryFits", "True", "FitsFewerSequences",
+                f"{declared} holds the model and about {fit} of {est.sequences} sequences "
+                f"at the full window ({then}); a full batch needs {q(est.total)} "
+                f"({_breakdown(spec, est)}): raise {model.field} or lower "
+                "engine.maxBatchSize")
+
+
+def _too_small_reason(c: Check) -> str:
+    return "PodMemoryTooSmall" if c.what == "pod memory for loading" else "ModelTooLarge"
+
+
+def _too_small_message(spec: Spec, est: Estimate, c: Check, per_replica: str) -> str:
+    q = quantity.binary
+    if c.what == "pod memory for loading":
+        return (f"loading the weights onto the GPUs needs about {q(c.minimum)} of pod "
+                f"memory, but {c.field} is {c.declared_text}: raise {c.field}")
+    fix = f"raise {c.field}" + (" (and resources.gpus)" if spec.resources.gpus else "")
+    if spec.engine.quantization == "none":
+        fix += " or quantize the weights (engine.quantization)"
+    return (f"the model needs at least {q(c.minimum)} of {c.what}{per_replica} "
+            f"({_breakdown(spec, est)}), but {c.field} is {c.declared_text}: {fix}")
+
+
 def status_fields(spec: Spec, obs: Observed, phase: str, r: Replicas) -> dict[str, Any]:
     """The plain (non-condition) status fields; None means "leave the field out"."""
     return {
@@ -243,6 +309,8 @@ def status_fields(spec: Spec, obs: Observed, phase: str, r: Replicas) -> dict[st
         "tlsSecret": spec.tls_secret_name if spec.tls.enabled else None,
         "clawdbotConfigMap": spec.clawdbot_configmap_name if spec.clawdbot.enabled else None,
         "gpuMemory": spec.resources.gpu_memory,
+        "memory": (memory_estimate.as_status(spec, est)
+                   if (est := memory_estimate.estimate(spec)) else None),
     }
 
 
@@ -256,10 +324,15 @@ def compute(spec: Spec, obs: Observed) -> tuple[str, list[Cond], dict[str, Any]]
     recon = reconciled(obs.problems)
     tls = tls_ready(spec, obs.problems)
     avail = available(r)
+    memory = memory_fits(spec, memory_estimate.estimate(spec))
     phase = phase_of(r, recon, health, model, sched)
-    # Ready's message names the first failing cause, in this order of importance.
-    ready = ready_condition(spec, phase, r, [recon, health, model, sched, tls, avail])
+    # Ready's message names the first failing cause, in this order of importance. A model
+    # too large for its memory comes before the crash it will cause (an OOMKilled pod).
+    ready = ready_condition(spec, phase, r, [recon, *([memory] if memory else []), health,
+                                             model, sched, tls, avail])
     conds = [ready, sched, avail, health, model, tls, recon]
+    if memory is not None:
+        conds.append(memory)
     if spec.autoscaling is not None:
         conds.append(autoscaler(obs.hpa))
     if spec.clawdbot.enabled:

@@ -252,3 +252,42 @@ def test_what_only_the_operator_can_judge_becomes_a_condition(
     apply(kubectl, namespace, manifest("j"))
     wait_phase(kubectl, namespace, "j", timeout=30)
     assert op.proc is not None and op.proc.poll() is None
+
+
+def test_a_model_too_large_for_its_gpu_memory_is_said_then_fixed(
+        kubectl, namespace, run_operator, crd) -> None:  # noqa: F811
+    """The guide's 80B model with its 48 GB claim: MemoryFits says it cannot fit, with
+    both numbers and the field; given three GPUs' worth, it says it fits."""
+    run_operator(*operator_args(namespace))
+    too_small = {"model": {"source": "hf://Qwen/Qwen3-Next-80B-A3B-Instruct",
+                           "parameters": "80B", "kvCacheBytesPerToken": 24576},
+                 "engine": {"maxBatchSize": 8},
+                 "resources": {"gpus": 1, "gpuProduct": "NVIDIA-H100-80GB-HBM3",
+                               "gpuMemory": "48Gi", "memory": "8Gi"}}
+    apply(kubectl, namespace, manifest("huge", too_small))
+    fits = wait_for(lambda: (c := condition(get(kubectl, namespace, "modeldeployment",
+                                                  "huge"), "MemoryFits"))
+                    and c["status"] == "False" and c, 30, what="MemoryFits=False")
+    assert fits["reason"] == "ModelTooLarge"
+    # 160e9 B of bf16 weights + 8e9 (5%) + 1 GiB + 768 MiB of KV = 158.21 GiB → 159Gi
+    assert "at least 159Gi of GPU memory" in fits["message"]
+    assert "resources.gpuMemory is 48Gi" in fits["message"]
+    md = get(kubectl, namespace, "modeldeployment", "huge")
+    assert md["status"]["memory"]["parameters"] == "80B"
+    assert md["status"]["memory"]["weights"] == "150Gi"
+    assert md["status"]["memory"]["declared"] == "48Gi"
+    ev = wait_for(lambda: [e for e in events_for(kubectl, namespace, "huge")
+                           if e["reason"] == "ModelTooLarge"], 30, what="ModelTooLarge event")
+    assert ev[0]["type"] == "Warning" and "159Gi" in ev[0]["message"]
+
+    fixed = {**too_small, "resources": {**too_small["resources"], "gpus": 3,
+                                        "gpuMemory": "168Gi"}}
+    apply(kubectl, namespace, manifest("huge", fixed))
+    ok = wait_for(lambda: (c := condition(get(kubectl, namespace, "modeldeployment",
+                                                "huge"), "MemoryFits"))
+                  and c["status"] == "True" and c, 30, what="MemoryFits=True")
+    assert ok["reason"] == "Fits"
+    # 3 GPUs: 160e9 + 8e9 + 3 GiB + 6 GiB of KV (8 × 768 MiB) = 165.46 GiB → 166Gi
+    assert "resources.gpuMemory 168Gi holds the 166Gi" in ok["message"]
+    md = wait_phase(kubectl, namespace, "huge")
+    assert md["status"]["memory"]["perGpu"] == "56Gi"

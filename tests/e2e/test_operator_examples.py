@@ -26,7 +26,7 @@ EXPECTED = {
     "lan-80b-int8.yaml": ("lan-80b-int8", "gpu-a"),
     "mini-pc.yaml": ("mini-pc", "cpu-a"),
     "vllm-tool-calling.yaml": ("qwen-tools", "gpu-b"),
-    "autoscaled-ingress.yaml": ("team-chat", None),
+    "autoscaled-ingress.yaml": ("team-chat", "gpu-b"),
 }
 
 
@@ -50,6 +50,9 @@ def test_examples_reach_ready(kubectl, namespace, run_operator, crd) -> None:  #
         else:
             assert args[args.index("--served-name") + 1] == spec["model"]["servedName"]
         assert md["status"]["gpuMemory" if spec["resources"].get("gpuMemory") else "phase"]
+        # every example states its size, and its declared memory holds the estimate
+        assert md["status"]["memory"]["parameters"] == spec["model"]["parameters"], file
+        assert condition(md, "MemoryFits")["status"] == "True", file
 
     # the guide's case: its client settings end up in both client configs
     cm = get(kubectl, namespace, "configmap", "lan-80b-clawdbot")
@@ -57,8 +60,9 @@ def test_examples_reach_ready(kubectl, namespace, run_operator, crd) -> None:  #
     assert guide["inference_params"] == {"max_tokens": 2048, "temperature": 0.7,
                                          "top_p": 0.9}
     assert guide["model_server"]["timeout"] == 30000
+    # the guide's int8 claim (31 GB) cannot hold the weights: two H100s' worth
     assert get(kubectl, namespace, "modeldeployment", "lan-80b-int8")["status"][
-        "gpuMemory"] == "31Gi"
+        "gpuMemory"] == "92Gi"
     # the mini PC's 8k model is honestly reported as too small for Clawdbot
     mini = get(kubectl, namespace, "modeldeployment", "mini-pc")
     assert condition(mini, "ClawdbotCompatible")["status"] == "False"

@@ -296,3 +296,16 @@ def test_the_old_31gi_int8_example_would_not_fit() -> None:
     # int8 weights alone: 83.2e9 B = 77.5 GiB → 78Gi
     assert "78Gi of weights" in c.message and "resources.gpuMemory is 31Gi" in c.message
     assert "quantize" not in c.message  # already int8: not offered again
+
+
+def test_the_examples_table_quotes_the_estimate() -> None:
+    """examples/README.md's bracketed figure is the estimate's total (or minimum)."""
+    rows = [line for line in (EXAMPLES / "README.md").read_text().splitlines()
+            if line.startswith("| `") and ".yaml`" in line]
+    specs = example_specs()
+    assert len(rows) == len(specs)
+    for row in rows:
+        name = row.split("`")[1]
+        quoted = row.rsplit("|", 2)[-2].split("(", 1)[1].split(")")[0].split()[0].rstrip(";")
+        shown = memory_estimate.as_status(specs[name][1], estimate(specs[name][1]))
+        assert quoted in (shown["total"], shown["minimum"]), name

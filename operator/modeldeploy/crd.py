@@ -246,7 +246,9 @@ def resources_schema() -> Schema:
                         "nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3).", maxLength=128,
                         pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$"),
         "gpuMemory": quantity("resources.gpuMemory", "GPU memory the model needs per "
-                              "replica (documentation, shown in status), e.g. 48Gi."),
+                              "replica (all its GPUs together), e.g. 48Gi: shown in status "
+                              "and checked against the memory estimate (condition "
+                              "MemoryFits); not used for scheduling (gpuProduct is)."),
         "cpu": quantity("resources.cpu", "CPU per replica (default 2)."),
         "memory": quantity("resources.memory", "Memory per replica (default 8Gi)."),
         "sharedMemory": quantity("resources.sharedMemory",

@@ -34,6 +34,7 @@ PRUNABLE: list[Kind] = [
     kind_of("autoscaling/v2", "HorizontalPodAutoscaler"),
     kind_of("policy/v1", "PodDisruptionBudget"),
     kind_of("cert-manager.io/v1", "Certificate"),
+    kind_of("monitoring.coreos.com/v1", "PodMonitor"),
 ]
 
 _PRUNABLE_KEYS = {(k.api_version, k.kind) for k in PRUNABLE}

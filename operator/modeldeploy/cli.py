@@ -49,6 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="only the holder of a Lease reconciles (for >1 replica)")
     run.add_argument("--lease-name", default="modeldeploy-operator")
     run.add_argument("--lease-seconds", type=float, default=15.0)
+    run.add_argument("--priority-tier-namespaces", action="append", default=[],
+                     metavar="TIER=NS[,NS...]",
+                     help="only these namespaces may use qos.priority TIER (repeatable, "
+                          "one per tier); a tier not named stays open to every namespace")
+    run.add_argument("--scraper-namespace", action="append", default=[], metavar="NS",
+                     help="namespace of the Prometheus that scrapes the model servers: "
+                          "every model's NetworkPolicy admits it to the serving port "
+                          "(repeatable)")
+    run.add_argument("--pod-monitor-label", action="append", default=[],
+                     metavar="KEY=VALUE",
+                     help="label on every PodMonitor the operator creates, e.g. the one "
+                          "your Prometheus' podMonitorSelector matches (repeatable)")
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument("--verbose", "-v", action="store_true")
 
@@ -86,12 +98,32 @@ def client_url(spec: Any, via: str | None) -> str:
                          "the cluster)") from None
 
 
+def _labels(values: list[str], flag: str) -> dict[str, str]:
+    """`KEY=VALUE` items → a label map; SystemExit naming the flag and the item."""
+    out: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{flag} {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import kopf
 
-    from modeldeploy import metrics
+    from modeldeploy import metrics, tierpolicy
     from modeldeploy.config import CONFIG, default_operator_namespace
 
+    try:
+        CONFIG.priority_tier_namespaces = tierpolicy.parse_flag(args.priority_tier_namespaces)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    bad = [n for n in args.scraper_namespace if not tierpolicy.is_namespace_name(n)]
+    if bad:
+        raise SystemExit(f"--scraper-namespace {bad[0]!r}: not a namespace name")
+    CONFIG.scraper_namespaces = tuple(dict.fromkeys(args.scraper_namespace))
+    CONFIG.pod_monitor_labels = _labels(args.pod_monitor_label, "--pod-monitor-label")
     CONFIG.namespaces = list(args.namespace)
     CONFIG.all_namespaces = args.all_namespaces or not args.namespace
     CONFIG.operator_namespace = args.operator_namespace or default_operator_namespace()

@@ -30,6 +30,13 @@ class Config:
     leader_election: bool = False
     lease_name: str = "modeldeploy-operator"
     lease_seconds: float = 15.0
+    # tier -> the namespaces that may use it (tierpolicy.py); a tier not listed: all.
+    priority_tier_namespaces: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Where the Prometheus that scrapes the model pods runs: admitted by their
+    # NetworkPolicies to the serving port (render/networkpolicy.py).
+    scraper_namespaces: tuple[str, ...] = ()
+    # Extra labels on every PodMonitor, e.g. what a Prometheus' podMonitorSelector matches.
+    pod_monitor_labels: dict[str, str] = field(default_factory=dict)
 
 
 CONFIG = Config()

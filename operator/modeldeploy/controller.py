@@ -30,7 +30,8 @@ Key = tuple[str, str]  # namespace, name
 MAX_BACKOFF = 60.0
 # Watched children: every kind a ModelDeployment may own, plus its pods (for status).
 WATCHED = [*PRUNABLE, kind_of("v1", "Pod")]
-OPTIONAL_KINDS = {"Certificate"}  # cert-manager's: may be absent or not allowed
+# cert-manager's and the Prometheus Operator's: may be absent or not allowed.
+OPTIONAL_KINDS = {"Certificate", "PodMonitor"}
 
 
 def needs_work(body: dict[str, Any]) -> bool:

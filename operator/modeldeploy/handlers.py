@@ -51,7 +51,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # waited for, not a reason to exit.
     settings.networking.error_backoffs = EndlessBackoffs()
     client = AsyncClient(field_manager=FIELD_MANAGER)
-    ctx = Context(kube=Kube(client), operator_namespace=CONFIG.operator_namespace)
+    ctx = Context(kube=Kube(client), operator_namespace=CONFIG.operator_namespace,
+                  priority_tier_namespaces=CONFIG.priority_tier_namespaces,
+                  scraper_namespaces=CONFIG.scraper_namespaces,
+                  pod_monitor_labels=CONFIG.pod_monitor_labels)
     _controller = Controller(ctx, CONFIG)
     _controller.start()
     if CONFIG.leader_election:

@@ -18,6 +18,8 @@ from modeldeploy.children import Children, Owner
 from modeldeploy.kube import Kind, Kube, error_message, is_status
 
 log = logging.getLogger(__name__)
+# How often an optional API found absent is asked about again.
+ABSENT_RECHECK_SECONDS = 60.0
 
 
 class Informer:
@@ -31,8 +33,9 @@ class Informer:
         self.children = children
         self.poke = poke
         self.synced = asyncio.Event()  # set after the first listing (or when the API is absent)
-        # Optional APIs (cert-manager's Certificate) found absent or not allowed are added
-        # here, the set reconcile consults before applying or pruning that kind.
+        # Optional APIs (cert-manager's Certificate, the PodMonitor) found absent or not
+        # allowed are added here, the set reconcile consults before rendering or applying
+        # that kind; removed again once a listing succeeds.
         self.missing_kinds = missing_kinds
 
     def __repr__(self) -> str:
@@ -49,7 +52,10 @@ class Informer:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure: list again after a pause
                 if self._absent(exc):
-                    return
+                    # Installed later (cert-manager, the Prometheus Operator) is noticed
+                    # without a restart; the resync then reconciles every resource.
+                    await asyncio.sleep(ABSENT_RECHECK_SECONDS)
+                    continue
                 if is_status(exc, 410):  # history compacted: a normal re-list, at once
                     continue
                 delay = API.failed(exc, failures)  # logs an outage once per step
@@ -64,7 +70,9 @@ class Informer:
         operator may not read: nothing of that kind can exist or be pruned."""
         if self.missing_kinds is None or not is_status(exc, 403, 404):
             return False
-        log.info("not watching %s: %s", self, error_message(exc))
+        if self.kind.kind not in self.missing_kinds or not self.synced.is_set():
+            log.info("not watching %s: %s; checking again every %.0fs", self,
+                     error_message(exc), ABSENT_RECHECK_SECONDS)
         self.missing_kinds.add(self.kind.kind)
         self.synced.set()
         return True
@@ -72,6 +80,10 @@ class Informer:
     async def _list(self) -> str:
         objs, version = await self.kube.list_versioned(self.kind, self.namespace, self.labels)
         API.succeeded()
+        if self.missing_kinds is not None and self.kind.kind in self.missing_kinds:
+            self.missing_kinds.discard(self.kind.kind)
+            if self.synced.is_set():  # not news at start: PodMonitor is presumed absent
+                log.info("watching %s: its API is served now", self)
         for owner in self.children.replace(self.kind.api_version, self.kind.kind,
                                            self.namespace, objs):
             self.poke(owner)

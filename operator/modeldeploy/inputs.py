@@ -14,7 +14,7 @@ from modeldeploy.apply import Observed
 from modeldeploy.constants import CA_SECRET_NAME, LABEL_MANAGED_BY, MANAGED_BY
 from modeldeploy.context import Context, now_utc, rfc3339
 from modeldeploy.kube import error_message, is_status, kind_of
-from modeldeploy.render import apikeys, tls
+from modeldeploy.render import apikeys, podmonitor, tls
 from modeldeploy.render.facts import Inputs
 from modeldeploy.spec import Spec
 from modeldeploy.status import Cond
@@ -104,4 +104,8 @@ async def gather(ctx: Context, spec: Spec, now: dt.datetime, problems: list[Cond
                              f"tls.secretName {spec.tls_secret_name!r} does not exist in "
                              f"namespace {ns}"))
     return Inputs(operator_namespace=ctx.operator_namespace, api_keys=keys, tls_leaf=leaf,
-                  tls_not_after=not_after, ca_cert_pem=ca_pem)
+                  tls_not_after=not_after, ca_cert_pem=ca_pem,
+                  scraper_namespaces=ctx.scraper_namespaces,
+                  # Absent until the PodMonitor informer has listed them (context.py).
+                  pod_monitors=podmonitor.KIND not in ctx.missing_kinds,
+                  pod_monitor_labels=ctx.pod_monitor_labels)

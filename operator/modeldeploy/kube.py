@@ -59,6 +59,7 @@ KINDS: list[Kind] = [
     Kind("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"),
     Kind("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", namespaced=False),
     Kind("cert-manager.io", "v1", "Certificate", "certificates"),
+    Kind("monitoring.coreos.com", "v1", "PodMonitor", "podmonitors"),
     Kind("coordination.k8s.io", "v1", "Lease", "leases"),
     Kind(GROUP, VERSION, KIND, PLURAL),
 ]

@@ -13,7 +13,7 @@ from typing import Any
 
 from lightkube import ApiError
 
-from modeldeploy import apply, events, inputs, priorityclasses, status
+from modeldeploy import apply, events, inputs, priorityclasses, status, tierpolicy
 from modeldeploy.apply import PRUNABLE
 from modeldeploy.compare import stamp
 from modeldeploy.constants import API_VERSION, KIND
@@ -59,12 +59,20 @@ async def _reconcile(ctx: Context, body: dict[str, Any], spec: Spec, now: dt.dat
     observed = apply.observe(ctx, spec)
     facts = await inputs.gather(ctx, spec, now, problems, observed)
     children = [stamp(c) for c in desired(spec, facts)]
-    try:
-        await priorityclasses.ensure(ctx, spec.qos.priority)
-    except ApiError as exc:
-        problems.append(status.Cond("Reconciled", "False", "PriorityClassFailed",
-                                    f"PriorityClass {qos.name(spec.qos.priority)}: "
-                                    f"{error_message(exc)}"))
+    refused = tierpolicy.refusal(spec.qos.priority, spec.namespace,
+                                 ctx.priority_tier_namespaces)
+    if refused:
+        # No pod may run at a tier its namespace may not use, also one made before the
+        # rule was set: the pod-making children are pruned, the rest stays.
+        problems.append(status.Cond("PriorityAllowed", "False", "TierNotAllowed", refused))
+        children = [c for c in children if c["kind"] not in tierpolicy.WITHHELD_KINDS]
+    else:
+        try:
+            await priorityclasses.ensure(ctx, spec.qos.priority)
+        except ApiError as exc:
+            problems.append(status.Cond("Reconciled", "False", "PriorityClassFailed",
+                                        f"PriorityClass {qos.name(spec.qos.priority)}: "
+                                        f"{error_message(exc)}"))
     failures = await apply.apply_set(ctx, children, observed)
     cert_failure = next((f for f in failures if f.startswith("Certificate ")), None)
     if cert_failure:

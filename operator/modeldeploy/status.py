@@ -17,7 +17,7 @@ from modeldeploy.spec import Spec
 
 # Conditions whose turn to False deserves a Warning Event on the ModelDeployment.
 EVENT_CONDITIONS = ("Scheduled", "Healthy", "ModelReady", "Reconciled", "TLSReady",
-                    "MemoryFits")
+                    "MemoryFits", "PriorityAllowed")
 CRASH_REASONS = {"CrashLoopBackOff", "OOMKilled", "Error", "ContainerCannotRun",
                  "CreateContainerError", "CreateContainerConfigError", "ImagePullBackOff",
                  "ErrImagePull", "InvalidImageName", "RunContainerError"}
@@ -193,6 +193,13 @@ def tls_ready(spec: Spec, problems: list[Cond]) -> Cond:
                 f"serving TLS {spec.tls.min_version}+ with Secret {spec.tls_secret_name}")
 
 
+def priority_allowed(spec: Spec, problems: list[Cond]) -> Cond:
+    """Whether this namespace may use the tier (reconcile's tierpolicy refusal, if any)."""
+    return _problem(problems, "PriorityAllowed") or Cond(
+        "PriorityAllowed", "True", "TierAllowed",
+        f"qos.priority {spec.qos.priority} is allowed in namespace {spec.namespace}")
+
+
 def available(r: Replicas) -> Cond:
     return Cond("Available",
                 "True" if r.ready >= max(r.desired, 1) or r.desired == 0 else "False",
@@ -325,12 +332,17 @@ def compute(spec: Spec, obs: Observed) -> tuple[str, list[Cond], dict[str, Any]]
     tls = tls_ready(spec, obs.problems)
     avail = available(r)
     memory = memory_fits(spec, memory_estimate.estimate(spec))
+    prio = priority_allowed(spec, obs.problems)
     phase = phase_of(r, recon, health, model, sched)
     # Ready's message names the first failing cause, in this order of importance. A model
     # too large for its memory comes before the crash it will cause (an OOMKilled pod).
     ready = ready_condition(spec, phase, r, [recon, *([memory] if memory else []), health,
                                              model, sched, tls, avail])
-    conds = [ready, sched, avail, health, model, tls, recon]
+    if prio.status == "False":
+        # Refused outright: no pod is made until the tier or the rule changes.
+        phase = "Failed"
+        ready = Cond("Ready", "False", prio.reason, prio.message)
+    conds = [ready, sched, avail, health, model, tls, recon, prio]
     if memory is not None:
         conds.append(memory)
     if spec.autoscaling is not None:

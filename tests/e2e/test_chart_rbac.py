@@ -38,6 +38,10 @@ from test_operator_ha import (  # noqa: F401
     test_health_and_metrics_endpoints,
     test_leader_election_and_failover,
 )
+from test_operator_tiers_metrics import (  # noqa: F401
+    podmonitor_crd,
+    test_pod_monitor_and_the_scraper_namespace,
+)
 
 pytestmark = pytest.mark.e2e
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]

@@ -113,3 +113,17 @@ def test_bad_trusted_proxy_cidr_refused_at_start():
                        capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.returncode == 2
     assert "--trusted-proxy-cidr '10.0.0.0/33'" in r.stderr
+
+
+def test_metrics_open_to_a_direct_scraper_but_not_through_the_proxy(trio):
+    srv = trio["proxied"]
+    # Prometheus connects to the pod itself, from an address the allow-list does not name
+    # (127.0.0.3: neither allowed nor a proxy): /metrics answers, the API does not
+    scraper = get(srv, source="127.0.0.3", path="/metrics")
+    assert scraper.status_code == 200 and "modelserver_inflight_requests" in scraper.text
+    assert_forbidden(get(srv, source="127.0.0.3"))
+    # through the trusted proxy (the Ingress: the LAN) the allow-list still holds
+    assert get(srv, STRANGER, path="/metrics").status_code == 403
+    assert get(srv, LAN_CLIENT, path="/metrics").status_code == 200
+    # and a proxy that forwards no client address is held to the list by its own address
+    assert get(srv, path="/metrics").status_code == 403

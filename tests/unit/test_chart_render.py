@@ -113,6 +113,9 @@ def test_values_documented_line_by_line() -> None:
     ("serviceMonitor.interval=soon", "/serviceMonitor/interval"),
     ("resources.requests.cpu=lots", "/resources/requests/cpu"),
     ("rbac.enabled=true", "rbac"),
+    ("priorityTiers.urgent.namespaces={a}", "urgent"),
+    ("priorityTiers.critical.namespaces={Bad_NS}", "/priorityTiers/critical/namespaces/0"),
+    ("modelMetrics.scraperNamespaces={Bad_NS}", "/modelMetrics/scraperNamespaces/0"),
     ("typo=1", "typo"),
 ])
 def test_schema_rejects_bad_values(value: str, message: str) -> None:
@@ -162,6 +165,46 @@ def test_operator_cli_accepts_the_rendered_args() -> None:
             assert args.leader_election and args.verbose
         else:
             assert args.all_namespaces and not args.leader_election
+
+
+def test_priority_tier_rules_reach_the_operator() -> None:
+    """priorityTiers.<tier>.namespaces → --priority-tier-namespaces, read back with the
+    operator's own parser and rule; an empty list (the default) passes no rule."""
+    from modeldeploy import tierpolicy
+    from modeldeploy.cli import build_parser
+
+    default = one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert build_parser().parse_args(default["args"]).priority_tier_namespaces == []
+    c = one(render("priorityTiers.critical.namespaces={prod,infra,prod}",
+                   "priorityTiers.high.namespaces={prod}"),
+            "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    rules = tierpolicy.parse_flag(build_parser().parse_args(c["args"]).priority_tier_namespaces)
+    assert rules == {"critical": ("prod", "infra"), "high": ("prod",)}
+    assert tierpolicy.refusal("critical", "team-x", rules) is not None
+    assert tierpolicy.refusal("normal", "team-x", rules) is None
+
+
+def test_model_metrics_settings_reach_the_operator() -> None:
+    from modeldeploy.cli import build_parser
+
+    def run_args(*sets: str) -> Any:
+        c = one(render(*sets), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        return build_parser().parse_args(c["args"])
+
+    default = run_args()
+    assert default.scraper_namespace == ["monitoring"] and default.pod_monitor_label == []
+    args = run_args("modelMetrics.scraperNamespaces={prometheus,monitoring}",
+                    "modelMetrics.podMonitorLabels.release=kube-prometheus-stack")
+    assert args.scraper_namespace == ["prometheus", "monitoring"]
+    assert args.pod_monitor_label == ["release=kube-prometheus-stack"]
+    assert run_args("modelMetrics.scraperNamespaces=null").scraper_namespace == []
+
+
+def test_pod_monitor_rule_is_optional() -> None:
+    assert allowed(render(), "monitoring.coreos.com", "podmonitors") == {
+        "list", "watch", "create", "patch", "delete"}
+    assert allowed(render("rbac.podMonitors=false"), "monitoring.coreos.com",
+                   "podmonitors") == set()
 
 
 def test_image_digest_wins_over_tag() -> None:

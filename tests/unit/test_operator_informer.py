@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
-from modeldeploy import apihealth
+from modeldeploy import apihealth, informer
 from modeldeploy.children import Children
 from modeldeploy.constants import LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY
 from modeldeploy.informer import Informer
@@ -28,6 +28,10 @@ def svc(name: str, rv: int) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": name, "namespace": "ns", "resourceVersion": str(rv),
                          "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_NAME: name}}}
+
+
+def cert(name: str, rv: int) -> dict[str, Any]:
+    return {**svc(name, rv), "apiVersion": "cert-manager.io/v1", "kind": "Certificate"}
 
 
 def http_error(code: int) -> httpx.HTTPStatusError:
@@ -100,13 +104,29 @@ def test_deleted_event_removes_and_pokes() -> None:
     assert len(children) == 0
 
 
-def test_an_absent_optional_api_is_recorded_and_not_retried() -> None:
-    kube = ScriptedKube(listings=[http_error(404)], watches=[])
+def test_an_absent_optional_api_is_recorded_and_asked_about_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(informer, "ABSENT_RECHECK_SECONDS", 0.05)
+    # absent at start, then installed (the Prometheus Operator's CRDs, cert-manager)
+    kube = ScriptedKube(listings=[http_error(404), http_error(404), [cert("c", 1)]],
+                        watches=[])
     missing: set[str] = set()
-    inf = Informer(kube, CERTIFICATE, None, {}, Children(), lambda _: None,  # type: ignore[arg-type]
+    children = Children()
+    inf = Informer(kube, CERTIFICATE, None, {}, children, lambda _: None,  # type: ignore[arg-type]
                    missing_kinds=missing)
-    asyncio.run(asyncio.wait_for(inf.run(), 5))  # returns: nothing to watch
-    assert missing == {"Certificate"} and inf.synced.is_set() and kube.lists == 1
+
+    async def main() -> None:
+        task = asyncio.create_task(inf.run())
+        while not inf.synced.is_set():
+            await asyncio.sleep(0.001)
+        # synced at once (reconciles need not wait for an API that is not there)
+        assert missing == {"Certificate"} and kube.lists == 1
+        while len(children) == 0:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(asyncio.wait_for(main(), 5))
+    assert missing == set() and kube.lists == 3
 
 
 def test_a_required_api_failing_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,6 +30,12 @@ log = logging.getLogger("modelserver.security")
 
 # Kubelet probes and Prometheus scrapes carry no key; these routes reveal nothing private.
 OPEN_PATHS = {"/health", "/metrics"}
+# What the IP allow-list does not guard for a direct peer (and /health for anyone: the
+# kubelet's probes). Prometheus scrapes the pod directly from its own namespace: the
+# NetworkPolicy decides who reaches the port, and --allow-cidr lists API clients, not the
+# scraper. Through a trusted proxy (the Ingress: from the LAN) /metrics stays held to the
+# allow-list like the API, so nobody outside it sees more than before.
+SCRAPE_PATHS = {"/metrics"}
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -133,9 +139,11 @@ class AccessMiddleware:
         await self.app(scope, self._limited(receive), send)
 
     def _rejection(self, scope: dict, path: str) -> APIError | None:
+        proxied = self._from_trusted_proxy(scope)  # before the forwarded client replaces it
         if not self._resolve_client(scope) and path != "/health":
             return ForbiddenError("malformed X-Forwarded-For header from a trusted proxy")
-        if self.networks and path != "/health" and not self._allowed(scope):
+        exempt = path == "/health" or (path in SCRAPE_PATHS and not proxied)
+        if self.networks and not exempt and not self._allowed(scope):
             return ForbiddenError()
         if self.keys is not None and path not in OPEN_PATHS and not self._authorized(scope):
             return UnauthorizedError()
@@ -183,6 +191,15 @@ class AccessMiddleware:
         if addr != peer:
             scope["client"] = (str(addr), 0)
         return True
+
+    def _from_trusted_proxy(self, scope: dict) -> bool:
+        client = scope.get("client")
+        if not self.trusted or not client:
+            return False
+        try:
+            return _within(parse_ip(client[0]), self.trusted)
+        except ValueError:
+            return False
 
     def _allowed(self, scope: dict) -> bool:
         client = scope.get("client")

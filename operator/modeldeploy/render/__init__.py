@@ -15,6 +15,7 @@ from modeldeploy.render import (
     clawdbot,
     ingress,
     networkpolicy,
+    podmonitor,
     service,
     tls,
     workload,
@@ -37,9 +38,10 @@ def desired(spec: Spec, inputs: Inputs) -> list[dict[str, Any]]:
         workload.render(spec),
         service.render(spec),
         ingress.render(spec),
-        networkpolicy.render(spec, inputs.operator_namespace),
+        networkpolicy.render(spec, inputs.operator_namespace, inputs.scraper_namespaces),
         autoscaling.render_hpa(spec),
         autoscaling.render_pdb(spec),
         clawdbot.render(spec, inputs.ca_cert_pem if spec.tls.mode == "operator" else None),
+        podmonitor.render(spec, inputs.pod_monitor_labels) if inputs.pod_monitors else None,
     ]
     return [c for c in children if c is not None]

@@ -6,7 +6,7 @@ cluster (or generates them) during a reconcile, and `modeldeploy render` fakes t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from modeldeploy.pki import KeyPair
 
@@ -20,3 +20,8 @@ class Inputs:
     tls_leaf: KeyPair | None = None
     tls_not_after: str = ""
     ca_cert_pem: str | None = None
+    # Namespaces whose Prometheus may scrape the pods (the operator's --scraper-namespace).
+    scraper_namespaces: tuple[str, ...] = ()
+    # Whether the cluster serves the PodMonitor API (and the operator may use it).
+    pod_monitors: bool = False
+    pod_monitor_labels: dict[str, str] = field(default_factory=dict)

@@ -2,7 +2,9 @@
 
 Allowed: `network.allowFrom` (namespaces, pods, CIDRs; the same namespace when it is
 empty), the operator's namespace (health checks) and, with an Ingress, the ingress
-controller's namespace. Egress: DNS, plus HTTPS when the model is downloaded.
+controller's namespace. The Prometheus namespaces the operator was given
+(--scraper-namespace) get a rule of their own, to the serving port only (where /metrics is).
+Egress: DNS, plus HTTPS when the model is downloaded.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ def _ns_peer(names: list[str]) -> dict[str, Any]:
         {"key": NS_LABEL, "operator": "In", "values": sorted(set(names))}]}}
 
 
-def render(spec: Spec, operator_namespace: str) -> dict[str, Any] | None:
+def render(spec: Spec, operator_namespace: str,
+           scraper_namespaces: tuple[str, ...] = ()) -> dict[str, Any] | None:
     if not spec.network.network_policy:
         return None
     af = spec.network.allow_from
@@ -34,6 +37,10 @@ def render(spec: Spec, operator_namespace: str) -> dict[str, Any] | None:
         namespaces.append(spec.network.ingress.controller_namespace)
     peers.append(_ns_peer(namespaces))
     peers.extend({"ipBlock": {"cidr": cidr}} for cidr in af.ip_blocks)
+    port = [{"protocol": "TCP", "port": spec.network.port}]
+    ingress = [{"from": peers, "ports": port}]
+    if scraper_namespaces:
+        ingress.append({"from": [_ns_peer(list(scraper_namespaces))], "ports": port})
     egress: list[dict[str, Any]] = [{
         "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
     }]
@@ -46,10 +53,7 @@ def render(spec: Spec, operator_namespace: str) -> dict[str, Any] | None:
         "spec": {
             "podSelector": {"matchLabels": selector_labels(spec)},
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{
-                "from": peers,
-                "ports": [{"protocol": "TCP", "port": spec.network.port}],
-            }],
+            "ingress": ingress,
             "egress": egress,
         },
     }

@@ -48,6 +48,18 @@ ANNOTATION_TLS_NOT_AFTER = "modeldeploy.io/tls-not-after"
 
 CA_SECRET_NAME = "modeldeploy-ca"
 
+# vLLM and TGI listen on this port on 127.0.0.1 only; the bundled image's `modelserver
+# gateway`, in the same pod, serves network.port in front of them (TLS, API keys from the
+# mounted file, the allow-list) and forwards over loopback. The CRD refuses network.port
+# equal to it for those engines: two listeners cannot share one port in one pod.
+ENGINE_LOOPBACK_PORT = 8001
+# The gateway container's cpu and memory, requests == limits (a Guaranteed pod needs them
+# in every container): it only parses HTTP, terminates TLS and relays bytes, but its answer
+# cache shares the server's code, which imports torch (modelserver.cache → engine.sampling:
+# about 530 MiB resident), so the memory leaves room for that.
+GATEWAY_CPU = "500m"
+GATEWAY_MEMORY = "1Gi"
+
 # Where the bundled server expects its files (contract with images/server).
 TLS_DIR = "/etc/modelserver/tls"
 AUTH_DIR = "/etc/modelserver/auth"

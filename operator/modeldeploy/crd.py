@@ -12,7 +12,16 @@ from typing import Any
 import yaml
 
 from modeldeploy import contract
-from modeldeploy.constants import CRD_NAME, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+from modeldeploy.constants import (
+    CRD_NAME,
+    ENGINE_LOOPBACK_PORT,
+    GROUP,
+    KIND,
+    PLURAL,
+    SHORT_NAMES,
+    SINGULAR,
+    VERSION,
+)
 from modeldeploy.spec import PARAMETER_COUNT
 
 Schema = dict[str, Any]
@@ -299,8 +308,9 @@ def network_schema() -> Schema:
     cidr_rule = rule("self.all(c, isCIDR(c))",
                      "network.allowFrom.ipBlocks must be CIDRs such as 192.168.1.0/24")
     return obj("How clients reach the model, and who may.", {
-        "port": s("integer", "Port of the server and the Service.", minimum=1,
-                  maximum=65535, default=8080),
+        "port": s("integer", "Port of the server (for vllm and tgi: of the gateway in "
+                  f"front of them; not {ENGINE_LOOPBACK_PORT}, their own) and the Service.",
+                  minimum=1, maximum=65535, default=8080),
         "allowFrom": obj("Who may connect (NetworkPolicy + server allow-list). Empty: "
                          "pods of this namespace.", {
             "namespaces": {"type": "array", "maxItems": 64, "description": "Namespaces.",
@@ -421,10 +431,7 @@ def spec_schema() -> Schema:
         "auth": {**auth_schema(), "default": {}},
         "clawdbot": {**clawdbot_schema(), "default": {}},
     }, required=["model"], **{"x-kubernetes-validations": [
-        rule("!has(self.engine) || !has(self.engine.kind) || self.engine.kind != 'tgi' || "
-             "(has(self.tls) && has(self.tls.mode) && self.tls.mode == 'disabled')",
-             "tls.mode must be disabled for engine tgi (it serves plain HTTP; terminate TLS "
-             "at the Ingress)", ".engine.kind"),
+        engine_port_rule(),
         rule("!has(self.autoscaling) || !has(self.replicas)",
              "replicas must not be set together with autoscaling (the autoscaler sets replicas)",
              ".replicas"),
@@ -441,17 +448,28 @@ def spec_schema() -> Schema:
     ]})
 
 
+def engine_port_rule() -> dict[str, str]:
+    """vLLM and TGI listen on ENGINE_LOOPBACK_PORT inside the pod, behind the gateway that
+    serves network.port: the two cannot share one port."""
+    port = ENGINE_LOOPBACK_PORT
+    return rule(
+        "!has(self.engine) || !has(self.engine.kind) || self.engine.kind == 'builtin' || "
+        f"!has(self.network) || !has(self.network.port) || self.network.port != {port}",
+        f"network.port: {port} is the port vllm and tgi listen on inside the pod, behind "
+        "the gateway that serves network.port; choose another", ".network.port")
+
+
 def trusted_proxies_rule() -> dict[str, str]:
-    """An Ingress in front of the builtin server's own allow-list (ipBlocks alone: see
-    spec.AllowFrom.server_cidrs) needs the controller's CIDRs, or every request through it
-    is refused with 403 (the server sees the controller's address, not the client's)."""
+    """An Ingress in front of the server's own allow-list (ipBlocks alone: see
+    spec.AllowFrom.server_cidrs; enforced by the builtin server or, for vLLM and TGI, the
+    gateway) needs the controller's CIDRs, or every request through it is refused with 403
+    (the server sees the controller's address, not the client's)."""
     n = "self.network"
     return rule(
         f"!has({n}) || !has({n}.ingress) || !has({n}.allowFrom) || "
         f"!has({n}.allowFrom.ipBlocks) || size({n}.allowFrom.ipBlocks) == 0 || "
         f"(has({n}.allowFrom.namespaces) && size({n}.allowFrom.namespaces) > 0) || "
         f"has({n}.allowFrom.podSelector) || "
-        "(has(self.engine) && has(self.engine.kind) && self.engine.kind != 'builtin') || "
         f"(has({n}.ingress.trustedProxies) && size({n}.ingress.trustedProxies) > 0)",
         "network.ingress.trustedProxies is required with an Ingress and "
         "network.allowFrom.ipBlocks: the server's allow-list sees the ingress controller's "

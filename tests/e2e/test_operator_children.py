@@ -181,6 +181,13 @@ def test_vllm_and_model_cache(kubectl, namespace, run_operator, crd) -> None:  #
         "--tool-call-parser", "llama3_json"]
     assert args[args.index("--quantization") + 1] == "fp8"
     assert pod["containers"][0]["image"].startswith("vllm/vllm-openai")
+    # vLLM on loopback, the gateway in front of it with the TLS and API key mounts
+    assert args[args.index("--host") + 1] == "127.0.0.1"
+    gateway = pod["containers"][1]
+    assert gateway["name"] == "gateway" and gateway["args"][:3] == [
+        "gateway", "--upstream", "http://127.0.0.1:8001"]
+    assert {"tls", "api-keys"} <= {m["name"] for m in gateway["volumeMounts"]}
+    assert gateway["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
     init = pod["initContainers"][0]
     assert init["args"][:2] == ["fetch", "--model"]
     assert "model.safetensors=sha256:" + "ab" * 32 in init["args"]

@@ -61,13 +61,23 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
      "spec.engine.quantization"),
     ("builtin-tool-parser", {"engine": {"toolCallParser": "llama3_json"}},
      "spec.engine.toolCallParser"),
-    ("tgi-tool-parser", {"engine": {"kind": "tgi", "toolCallParser": "hermes"},
-                         "tls": {"mode": "disabled"}}, "spec.engine.toolCallParser"),
+    ("tgi-tool-parser", {"engine": {"kind": "tgi", "toolCallParser": "hermes"}},
+     "spec.engine.toolCallParser"),
     ("vllm-tool-parser", {"engine": {"kind": "vllm", "toolCallParser": "json"}},
      "spec.engine.toolCallParser"),
     ("input-above-total", {"engine": {"maxInputTokens": 4096, "maxTotalTokens": 1024}},
      "spec.engine.maxInputTokens"),
-    ("tgi-with-tls", {"engine": {"kind": "tgi"}}, "spec.engine.kind"),
+    # vLLM and TGI listen on ENGINE_LOOPBACK_PORT inside the pod, behind the gateway
+    ("vllm-engine-port", {"engine": {"kind": "vllm"}, "network": {"port": 8001}},
+     "spec.network.port"),
+    ("tgi-engine-port", {"engine": {"kind": "tgi"}, "network": {"port": 8001}},
+     "spec.network.port"),
+    # the gateway enforces the allow-list for vLLM too, so it needs the trusted proxies
+    ("vllm-ingress-allow-list-without-trusted-proxies",
+     {"engine": {"kind": "vllm"},
+      "network": {"allowFrom": {"ipBlocks": ["192.168.1.0/24"]},
+                  "ingress": {"host": "chat.lan.example"}}},
+     "spec.network.ingress.trustedProxies"),
     # what an engine cannot honour is refused, not accepted and ignored
     ("vllm-max-concurrent", {"engine": {"kind": "vllm", "maxConcurrentRequests": 4}},
      "spec.engine.maxConcurrentRequests"),
@@ -75,10 +85,9 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
      "spec.engine.maxInputTokens"),
     ("vllm-default-max-tokens", {"engine": {"kind": "vllm"}, "defaults": {"maxTokens": 64}},
      "spec.defaults.maxTokens"),
-    ("tgi-float32", {"engine": {"kind": "tgi", "dtype": "float32"},
-                     "tls": {"mode": "disabled"}}, "spec.engine.dtype"),
-    ("tgi-sampling-defaults", {"engine": {"kind": "tgi"}, "tls": {"mode": "disabled"},
-                               "defaults": {"temperature": 0.5}}, "spec.defaults"),
+    ("tgi-float32", {"engine": {"kind": "tgi", "dtype": "float32"}}, "spec.engine.dtype"),
+    ("tgi-sampling-defaults", {"engine": {"kind": "tgi"}, "defaults": {"temperature": 0.5}},
+     "spec.defaults"),
     ("autoscaling-min-above-max", {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}},
      "spec.autoscaling.minReplicas"),
     ("autoscaling-metric", {"autoscaling": {"maxReplicas": 2, "metric": "gpu"}},
@@ -135,3 +144,12 @@ def test_the_good_base_manifest_is_accepted(kubectl, namespace, crd) -> None:  #
     """The corpus only proves something if its valid base passes."""
     apply(kubectl, namespace, manifest("good", {"autoscaling": {"maxReplicas": 2}}))
     assert len(items(kubectl, namespace, "modeldeployments")) == 1
+
+
+def test_tls_for_tgi_and_port_8001_for_builtin_are_accepted(kubectl, namespace,  # noqa: F811
+                                                            crd) -> None:  # noqa: F811
+    """TLS terminates in the gateway now, so TGI keeps the default tls.mode; the engine
+    port rule is for the engines behind the gateway only."""
+    apply(kubectl, namespace, manifest("tgi-tls", {"engine": {"kind": "tgi"}}))
+    apply(kubectl, namespace, manifest("builtin-8001", {"network": {"port": 8001}}))
+    assert len(items(kubectl, namespace, "modeldeployments")) == 2

@@ -1,7 +1,8 @@
 """The contract between the operator and the bundled server: every builtin pod the
-operator renders is parsed by the server's own argument parser (modelserver/config.py,
-no torch), and the settings it yields are the spec's. A flag renamed, dropped or given a
-new meaning on either side fails here, not on a node."""
+operator renders, and the gateway container in front of vLLM and TGI, is parsed by the
+server's own argument parser (modelserver/config.py, no torch), and the settings it yields
+are the spec's. A flag renamed, dropped or given a new meaning on either side fails here,
+not on a node."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import yaml
 from helpers_operator import container, inputs
 from modeldeploy import contract
-from modeldeploy.constants import AUTH_DIR, TLS_DIR
+from modeldeploy.constants import AUTH_DIR, ENGINE_LOOPBACK_PORT, TLS_DIR
 from modeldeploy.render import desired
 from modeldeploy.spec import Spec, parse
 from modelserver.config import Checksum, Settings, settings_from_args
@@ -64,12 +65,28 @@ def deployment_of(spec: Spec) -> dict[str, Any]:
     return next(o for o in desired(spec, inputs()) if o["kind"] == "Deployment")
 
 
+def expected_security(spec: Spec) -> dict[str, Any]:
+    """The settings `serve` and `gateway` both take from TLS, auth and network."""
+    return {
+        "port": spec.network.port,
+        "no_tls": not spec.tls.enabled,
+        "tls_cert": f"{TLS_DIR}/tls.crt" if spec.tls.enabled else None,
+        "tls_key": f"{TLS_DIR}/tls.key" if spec.tls.enabled else None,
+        "tls_min_version": spec.tls.min_version,
+        "no_auth": not spec.auth.enabled,
+        "api_keys_file": f"{AUTH_DIR}/keys" if spec.auth.enabled else None,
+        "allow_cidr": list(spec.network.allow_from.server_cidrs),
+        "trusted_proxy_cidr": list(spec.network.ingress.trusted_proxies
+                                   if spec.network.ingress else ()),
+    }
+
+
 def expected(spec: Spec) -> dict[str, Any]:
     e, d = spec.engine, spec.defaults
     return {
+        **expected_security(spec),
         "served_name": spec.model.served_name,
         "revision": spec.model.revision,
-        "port": spec.network.port,
         "dtype": e.dtype,
         "quantization": e.quantization,
         "max_batch_size": e.max_batch_size,
@@ -81,15 +98,6 @@ def expected(spec: Spec) -> dict[str, Any]:
         "default_temperature": d.temperature,
         "default_top_p": d.top_p,
         "tool_call_parser": e.tool_call_parser or contract.DEFAULT_BUILTIN_TOOL_CALL_PARSER,
-        "no_tls": not spec.tls.enabled,
-        "tls_cert": f"{TLS_DIR}/tls.crt" if spec.tls.enabled else None,
-        "tls_key": f"{TLS_DIR}/tls.key" if spec.tls.enabled else None,
-        "tls_min_version": spec.tls.min_version,
-        "no_auth": not spec.auth.enabled,
-        "api_keys_file": f"{AUTH_DIR}/keys" if spec.auth.enabled else None,
-        "allow_cidr": list(spec.network.allow_from.server_cidrs),
-        "trusted_proxy_cidr": list(spec.network.ingress.trusted_proxies
-                                   if spec.network.ingress else ()),
         "model_cache_dir": spec.cache_dir,
         "checksum": [Checksum.parse(f"{path}={digest}")
                      for path, digest in sorted(spec.model.checksums.items())],
@@ -175,3 +183,56 @@ def test_the_server_refuses_a_flag_it_does_not_have(monkeypatch: pytest.MonkeyPa
     cont["args"] = [a.replace("--max-batch-size", "--max-batch") for a in cont["args"]]
     with pytest.raises(SystemExit):
         server_settings(cont, monkeypatch)
+
+
+# --- the gateway in front of vLLM and TGI (`modelserver gateway`) ---
+# Fails until the server's `gateway` subcommand is merged (images/server, issue 12 server
+# side): then its parser must take exactly what the operator renders.
+
+GATEWAY_ENGINES = ("vllm", "tgi")
+
+
+def as_engine(spec: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The same spec served by vLLM or TGI; the gateway's flags come only from network,
+    TLS, auth and the admission limit, so the engine's own options go."""
+    spec = copy.deepcopy(spec)
+    spec["engine"] = {"kind": kind}
+    spec.pop("defaults", None)
+    return spec
+
+
+def gateway_container(spec: Spec) -> dict[str, Any]:
+    pod = deployment_of(spec)["spec"]["template"]["spec"]
+    (gateway,) = [c for c in pod["containers"] if c["name"] == "gateway"]
+    return gateway
+
+
+def expected_gateway(spec: Spec) -> dict[str, Any]:
+    return {**expected_security(spec),
+            "upstream": f"http://127.0.0.1:{ENGINE_LOOPBACK_PORT}",
+            "max_concurrent_requests": spec.engine.max_concurrent_requests}
+
+
+def assert_gateway_serves(spec: Spec, monkeypatch: pytest.MonkeyPatch) -> None:
+    command, settings = server_settings(gateway_container(spec), monkeypatch)
+    assert command == "gateway"
+    got = {key: getattr(settings, key) for key in expected_gateway(spec)}
+    assert got == expected_gateway(spec)
+
+
+GATEWAY_OPTIONS = [o for o in OPTIONS if set(o) <= {"network", "tls", "auth"}]
+
+
+@pytest.mark.parametrize("kind", GATEWAY_ENGINES)
+@pytest.mark.parametrize("option", GATEWAY_OPTIONS, ids=[str(o) for o in GATEWAY_OPTIONS])
+def test_every_gateway_option_parses_as_the_server(
+        kind: str, option: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert_gateway_serves(parse("m", "ns", "uid", as_engine({**BASE, **option}, kind)),
+                          monkeypatch)
+
+
+@pytest.mark.parametrize("kind", GATEWAY_ENGINES)
+@pytest.mark.parametrize(("case", "raw"), _examples(), ids=[c for c, _ in _examples()])
+def test_every_example_parses_as_the_gateway(
+        kind: str, case: str, raw: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    assert_gateway_serves(parse("m", "ns", "uid", as_engine(raw, kind)), monkeypatch)

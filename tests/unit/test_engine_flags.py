@@ -91,7 +91,8 @@ TOKENS: list[dict[str, int]] = [{}, {"maxTotalTokens": 8192},
 def test_every_combination_renders_only_real_flags(kind: str) -> None:
     parsers: list[str | None] = (
         [None, *contract.VLLM_TOOL_CALL_PARSERS] if kind == "vllm" else [None])
-    tls_modes = ["operator", "disabled"] if kind == "vllm" else ["disabled"]
+    # TLS is the gateway's for both engines: no mode may add an engine flag.
+    tls_modes = ["operator", "disabled"]
     n = 0
     for (dtype, quant, parser, tls, auth, gpus, (source, cacheable), cache, tokens,
          revision) in itertools.product(

@@ -69,11 +69,10 @@ def test_vllm_enables_tool_calling_and_its_own_flags() -> None:
     overrides = json.loads(arg_value(a, "--override-generation-config"))
     # max_new_tokens there would be a server-wide cap in vLLM, not a default: not rendered.
     assert overrides == {"temperature": 0.7, "top_p": 0.9}
-    assert arg_value(a, "--ssl-certfile") == "/etc/modelserver/tls/tls.crt"
-    assert "--enable-ssl-refresh" in a and "--tensor-parallel-size" not in a
-    env = {e["name"]: e for e in p.env}
-    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "m-api-keys",
-                                                                "key": "primary"}
+    assert "--tensor-parallel-size" not in a
+    # TLS and the API keys are the gateway's (test_render_gateway.py), not vLLM's.
+    assert "--ssl-certfile" not in a and "--api-key" not in a
+    assert "VLLM_API_KEY" not in {e["name"] for e in p.env}
     assert p.metrics["queueDepth"] == "vllm:num_requests_waiting"
 
 
@@ -82,15 +81,14 @@ def test_vllm_without_parser_has_no_tool_flags() -> None:
     assert "--enable-auto-tool-choice" not in a and "--quantization" not in a
 
 
-def test_vllm_fp8_tensor_parallel_and_plain_http() -> None:
+def test_vllm_fp8_and_tensor_parallel() -> None:
     a = engines.plan(make_spec({"engine": {"kind": "vllm", "quantization": "fp8",
                                            "maxTotalTokens": 8192},
-                                "resources": {"gpus": 4}, "tls": {"mode": "disabled"}})).args
+                                "resources": {"gpus": 4}})).args
     # fp8 quantizes an unquantized checkpoint, so it has to be asked for.
     assert arg_value(a, "--quantization") == "fp8"
     assert arg_value(a, "--tensor-parallel-size") == "4"
     assert arg_value(a, "--max-model-len") == "8192"
-    assert "--ssl-certfile" not in a and "--enable-ssl-refresh" not in a
 
 
 def test_vllm_caches_are_under_the_writable_home() -> None:
@@ -105,8 +103,7 @@ def test_vllm_caches_are_under_the_writable_home() -> None:
 
 def test_tgi_flags() -> None:
     p = engines.plan(make_spec({"engine": {"kind": "tgi", "quantization": "int8",
-                                           "maxConcurrentRequests": 32},
-                                "tls": {"mode": "disabled"}}))
+                                           "maxConcurrentRequests": 32}}))
     a = p.args
     assert p.image == TGI_IMAGE
     assert arg_value(a, "--model-id") == "org/model"
@@ -121,8 +118,7 @@ def test_tgi_flags() -> None:
                                                        ("awq", False), ("fp8", False)])
 def test_tgi_never_renders_dtype_with_quantize(quant: str, dtype_rendered: bool) -> None:
     a = engines.plan(make_spec({"engine": {"kind": "tgi", "quantization": quant,
-                                           "dtype": "bfloat16"},
-                                "tls": {"mode": "disabled"}})).args
+                                           "dtype": "bfloat16"}})).args
     assert ("--dtype" in a) is dtype_rendered and ("--quantize" in a) is (quant != "none")
 
 

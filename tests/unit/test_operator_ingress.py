@@ -106,10 +106,12 @@ def test_crd_field_and_the_rule_that_makes_it_impossible_to_miss() -> None:
     assert len(rules) == 1
     rule = rules[0]
     assert rule["message"].startswith("network.ingress.trustedProxies is required")
-    # the rule mirrors spec.AllowFrom.server_cidrs: ipBlocks alone, builtin engine only
+    # the rule mirrors spec.AllowFrom.server_cidrs: ipBlocks alone, for every engine (the
+    # gateway in front of vLLM and TGI enforces the same allow-list)
     for part in ("allowFrom.ipBlocks", "allowFrom.namespaces", "allowFrom.podSelector",
-                 "self.engine.kind != 'builtin'", "ingress.trustedProxies"):
+                 "ingress.trustedProxies"):
         assert part in rule["rule"], part
+    assert "engine.kind" not in rule["rule"]
 
 
 def test_the_ingress_example_lists_its_controllers() -> None:

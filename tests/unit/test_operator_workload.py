@@ -98,7 +98,7 @@ def test_tgi_runs_as_root_with_everything_else_locked_down() -> None:
     fetch step and every other engine stay on the image user."""
     from modeldeploy.constants import IMAGE_UID
 
-    d = workload.render(make_spec({"engine": {"kind": "tgi"}, "tls": {"mode": "disabled"},
+    d = workload.render(make_spec({"engine": {"kind": "tgi"},
                                    "model": {"cache": {"size": "10Gi"}}}))
     pod = d["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsUser"] == IMAGE_UID

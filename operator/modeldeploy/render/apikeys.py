@@ -1,4 +1,9 @@
-"""The API key Secret: `keys` (one per line, read by the server) and `primary`.
+"""The API key Secret: `keys` (one per line) and `primary` (the first).
+
+Every engine's pod reads `keys` alone, as a mounted file the bundled server or the gateway
+in front of vLLM/TGI reloads when it changes, so a user-made Secret (auth.apiKeys.secretName)
+needs nothing else and a rotation reaches every engine without a restart. `primary` is for
+people and `modeldeploy clawdbot-config`; no pod refers to it.
 
 Keys are chosen by reconcile (kept from the live Secret, so edits by hand survive, or
 generated anew when `auth.apiKeys.rotation` changes); this module only shapes them.

@@ -2,8 +2,10 @@
 
 GPU requests, toleration and product affinity, priority class, Guaranteed QoS, probes,
 /dev/shm, model source and cache, TLS and API key mounts, pod security. What an engine
-needs (args, image, health path, how the model cache is filled) comes from
-render.engines.plan(); nothing here knows which engine it is.
+needs (args, image, health path, how the model cache is filled, whether it listens on
+loopback behind the gateway) comes from render.engines.plan(); nothing here knows which
+engine it is. Whichever container serves network.port (the engine, or the gateway in front
+of it) gets the port, the probes and the TLS and API key mounts.
 """
 
 from __future__ import annotations
@@ -11,16 +13,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from modeldeploy.constants import (
-    AUTH_DIR,
-    HOME_DIR,
-    IMAGE_UID,
-    PVC_MODELS_DIR,
-    TLS_DIR,
-)
-from modeldeploy.render import engines
-from modeldeploy.render.engines.engine_plan import FetchPlan
+from modeldeploy.constants import HOME_DIR, IMAGE_UID, PVC_MODELS_DIR
+from modeldeploy.render import engines, gateway
+from modeldeploy.render.engines.engine_plan import EnginePlan, FetchPlan
 from modeldeploy.render.meta import metadata, pod_labels, selector_labels
+from modeldeploy.render.server_security import security_volumes
 from modeldeploy.spec import Spec
 
 CONTAINER = "server"
@@ -142,15 +139,6 @@ def volumes_and_mounts(spec: Spec) -> tuple[list[dict[str, Any]], list[dict[str,
             "claimName": spec.model.pvc_claim, "readOnly": True}})
         mounts.append({"name": "model-source",
                        "mountPath": f"{PVC_MODELS_DIR}/{spec.model.pvc_claim}", "readOnly": True})
-    if spec.tls.enabled:
-        # No subPath: kubelet then refreshes renewed certificates in place.
-        vols.append({"name": "tls", "secret": {"secretName": spec.tls_secret_name,
-                                               "defaultMode": 0o440}})
-        mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
-    if spec.auth.enabled:
-        vols.append({"name": "api-keys", "secret": {"secretName": spec.api_key_secret_name,
-                                                    "defaultMode": 0o440}})
-        mounts.append({"name": "api-keys", "mountPath": AUTH_DIR, "readOnly": True})
     return vols, mounts
 
 
@@ -173,26 +161,59 @@ def init_containers(spec: Spec, fetch: FetchPlan | None) -> list[dict[str, Any]]
     }]
 
 
+def _container(name: str, image: str, command: list[str] | None, args: list[str],
+               env: list[dict[str, Any]], res: dict[str, Any], security: dict[str, Any],
+               mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    c: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        "args": args,
+        "env": [{"name": "HOME", "value": HOME_DIR}, *env],
+        "resources": res,
+        "securityContext": security,
+        "terminationMessagePolicy": TERMINATION_MESSAGE_POLICY,
+        # Endpoints drop a terminating pod asynchronously: keep serving a few seconds
+        # after the pod is told to stop, so a roll refuses no new connection. An engine
+        # behind the gateway pauses too, or requests in flight through it would die.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
+        "volumeMounts": copy.deepcopy(mounts),
+    }
+    if command:
+        c["command"] = command
+    return c
+
+
+def serving(spec: Spec, c: dict[str, Any], health_path: str) -> dict[str, Any]:
+    """The container that serves network.port: it gets the port, the probes (the Service
+    and the kubelet reach it there) and the TLS and API key mounts its flags name."""
+    return {**c,
+            "ports": [{"name": PORT_NAME, "containerPort": spec.network.port,
+                       "protocol": "TCP"}],
+            "volumeMounts": [*c["volumeMounts"], *security_volumes(spec)[1]],
+            **probes(spec, health_path)}
+
+
+def containers(spec: Spec, plan: EnginePlan, mounts: list[dict[str, Any]],
+               ) -> list[dict[str, Any]]:
+    """The engine (first, named `server`) and, for an engine on loopback, the gateway."""
+    engine = _container(CONTAINER, plan.image, plan.command, plan.args, plan.env,
+                        resources(spec), container_security(plan.run_as_user), mounts)
+    if plan.upstream_port is None:
+        return [serving(spec, engine, plan.health_path)]
+    # The gateway runs as the pod's image user whatever the engine needs (TGI: root), and
+    # mounts only what it writes to: no model, no /dev/shm. The engine, on loopback, gets
+    # no port and no probe: the gateway's /health answers only when the engine's does.
+    gateway_mounts = [m for m in mounts if m["name"] in ("tmp", "home")]
+    front = _container(gateway.CONTAINER, gateway.IMAGE, gateway.COMMAND,
+                       gateway.args(spec, plan.upstream_port), [], gateway.resources(),
+                       container_security(), gateway_mounts)
+    return [engine, serving(spec, front, gateway.HEALTH_PATH)]
+
+
 def render(spec: Spec) -> dict[str, Any]:
     plan = engines.plan(spec)
     vols, mounts = volumes_and_mounts(spec)
-    container: dict[str, Any] = {
-        "name": CONTAINER,
-        "image": plan.image,
-        "args": plan.args,
-        "ports": [{"name": PORT_NAME, "containerPort": spec.network.port, "protocol": "TCP"}],
-        "env": [{"name": "HOME", "value": HOME_DIR}, *plan.env],
-        "resources": resources(spec),
-        "securityContext": container_security(plan.run_as_user),
-        "terminationMessagePolicy": TERMINATION_MESSAGE_POLICY,
-        # Endpoints drop a terminating pod asynchronously: keep serving a few seconds
-        # after the pod is told to stop, so a roll refuses no new connection.
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
-        "volumeMounts": mounts,
-        **probes(spec, plan.health_path),
-    }
-    if plan.command:
-        container["command"] = plan.command
+    vols += security_volumes(spec)[0]
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -203,7 +224,7 @@ def render(spec: Spec) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": 30,
-        "containers": [container],
+        "containers": containers(spec, plan, mounts),
         "volumes": vols,
     }
     inits = init_containers(spec, plan.fetch)

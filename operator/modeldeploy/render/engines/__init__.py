@@ -34,6 +34,13 @@ def plan(spec: Spec) -> EnginePlan:
             f"engine {spec.engine.kind!r} (supported: {', '.join(module.QUANTIZATIONS)})"
         )
     p: EnginePlan = module.plan(spec)
+    if p.upstream_port == spec.network.port:
+        # The CRD refuses this at apply time too: the engine and its gateway share the
+        # pod's network, so they cannot both listen on one port.
+        raise ValueError(
+            f"network.port {spec.network.port} is engine {spec.engine.kind!r}'s own port "
+            "inside the pod (the gateway serves network.port in front of it); choose another"
+        )
     # The user's extras come last so they can override the engine's own flags.
     return dataclasses.replace(
         p,

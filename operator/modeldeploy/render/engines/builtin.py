@@ -7,8 +7,9 @@ checksums): render/engines/model_files.py gives the other engines that step.
 from __future__ import annotations
 
 from modeldeploy import contract
-from modeldeploy.constants import AUTH_DIR, DEFAULT_IMAGE, TLS_DIR
+from modeldeploy.constants import DEFAULT_IMAGE
 from modeldeploy.render.engines.engine_plan import EnginePlan, FetchPlan
+from modeldeploy.render.server_security import security_args
 from modeldeploy.spec import Spec
 
 QUANTIZATIONS = contract.QUANTIZATIONS_BY_ENGINE["builtin"]
@@ -69,22 +70,7 @@ def plan(spec: Spec) -> EnginePlan:
     # Rendered even when unset, so the pod's arguments say which parser serves it.
     args += ["--tool-call-parser",
              e.tool_call_parser or contract.DEFAULT_BUILTIN_TOOL_CALL_PARSER]
-    if spec.tls.enabled:
-        args += [
-            "--tls-cert", f"{TLS_DIR}/tls.crt",
-            "--tls-key", f"{TLS_DIR}/tls.key",
-            "--tls-min-version", spec.tls.min_version,
-        ]
-    else:
-        args.append("--no-tls")
-    if spec.auth.enabled:
-        args += ["--api-keys-file", f"{AUTH_DIR}/keys"]
-    else:
-        args.append("--no-auth")
-    for cidr in spec.network.allow_from.server_cidrs:
-        args += ["--allow-cidr", cidr]
-    for cidr in spec.network.ingress.trusted_proxies if spec.network.ingress else ():
-        args += ["--trusted-proxy-cidr", cidr]
+    args += security_args(spec)
     args += ["--model-cache-dir", spec.cache_dir, *checksum_args(spec)]
     return EnginePlan(
         image=DEFAULT_IMAGE,

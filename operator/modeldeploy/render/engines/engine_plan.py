@@ -35,3 +35,8 @@ class EnginePlan:
     # None keeps the pod's non-root user. Everything else in the securityContext stays
     # locked down either way (render/workload.py container_security).
     run_as_user: int | None = None
+    # The loopback port of an engine that serves no security layer of its own (vLLM, TGI):
+    # render/gateway.py then puts `modelserver gateway` in front of it on network.port, and
+    # the probes, the Service and the TLS and API key mounts go to the gateway. None: the
+    # engine is the bundled server and serves network.port itself.
+    upstream_port: int | None = None

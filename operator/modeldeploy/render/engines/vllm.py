@@ -1,5 +1,10 @@
 """vLLM's OpenAI server (image vllm/vllm-openai) with its own flags.
 
+It listens on 127.0.0.1:ENGINE_LOOPBACK_PORT with no TLS and no API key: `modelserver
+gateway` (render/gateway.py) serves network.port in front of it with the same TLS, keys
+file and allow-list as the builtin engine. (vLLM's own --api-key takes one key from an env
+var read at start, so a rotated key never reached it.)
+
 Every flag rendered here is one of `vllm serve`'s at the pinned version:
 tests/unit/test_engine_flags.py checks them against tests/unit/engine_flags/vllm-v0.11.0.txt.
 """
@@ -9,8 +14,7 @@ from __future__ import annotations
 import json
 
 from modeldeploy import contract
-from modeldeploy.constants import HOME_DIR, TLS_DIR, VLLM_IMAGE
-from modeldeploy.render.engines.api_key import api_key_env
+from modeldeploy.constants import ENGINE_LOOPBACK_PORT, HOME_DIR, VLLM_IMAGE
 from modeldeploy.render.engines.engine_plan import EnginePlan
 from modeldeploy.render.engines.model_files import engine_fetch, engine_model, hub_env
 from modeldeploy.spec import Spec
@@ -40,7 +44,7 @@ def plan(spec: Spec) -> EnginePlan:
     # `vllm serve MODEL`: the positional form (`--model` is deprecated there). The command
     # is set, so the image's ENTRYPOINT (api_server or `vllm serve`) does not matter.
     args = [engine_model(spec), "--served-model-name", spec.model.served_name,
-            "--host", "0.0.0.0", "--port", str(spec.network.port)]
+            "--host", "127.0.0.1", "--port", str(ENGINE_LOOPBACK_PORT)]
     if spec.model.revision:
         args += ["--revision", spec.model.revision]
     args += ["--dtype", e.dtype,
@@ -58,20 +62,17 @@ def plan(spec: Spec) -> EnginePlan:
     # request's max_tokens, vllm/entrypoints/utils.py get_max_tokens), not a default.
     overrides = {"temperature": d.temperature, "top_p": d.top_p}
     args += ["--override-generation-config", json.dumps(overrides, sort_keys=True)]
-    if spec.tls.enabled:
-        # --enable-ssl-refresh reloads the files when kubelet swaps in a renewed Secret.
-        args += ["--ssl-certfile", f"{TLS_DIR}/tls.crt", "--ssl-keyfile", f"{TLS_DIR}/tls.key",
-                 "--enable-ssl-refresh"]
     fetch = engine_fetch(spec)
     return EnginePlan(
         image=VLLM_IMAGE,
         command=["vllm", "serve"],
         args=args,
-        env=[*hub_env(spec, fetch), *CACHE_ENV, *api_key_env(spec, "VLLM_API_KEY")],
+        env=[*hub_env(spec, fetch), *CACHE_ENV],
         health_path="/health",
         metrics={
             "inflightRequests": "vllm:num_requests_running",
             "queueDepth": "vllm:num_requests_waiting",
         },
         fetch=fetch,
+        upstream_port=ENGINE_LOOPBACK_PORT,
     )

@@ -171,10 +171,12 @@ def engine_schema() -> Schema:
                           default=contract.DEFAULT_QUANTIZATION),
         "maxBatchSize": s("integer", "Requests batched together (the guide suggests 4-8).",
                           minimum=1, maximum=1024, default=contract.DEFAULT_MAX_BATCH_SIZE),
-        # No schema default: vLLM has no such limit, so the field must be able to be absent.
+        # No schema default: the spec applies contract's, so the CRD states no second copy.
         "maxConcurrentRequests": s("integer", "Admitted requests (queued + running) before "
-                                   f"429 (default {contract.DEFAULT_MAX_CONCURRENT_REQUESTS}; "
-                                   "builtin and tgi).", minimum=1, maximum=100_000),
+                                   f"429 (default {contract.DEFAULT_MAX_CONCURRENT_REQUESTS}). "
+                                   "vllm and tgi: enforced by the gateway in front of the "
+                                   "engine (tgi also gets it as its own limit).",
+                                   minimum=1, maximum=100_000),
         "maxInputTokens": s("integer", "Longest prompt accepted.", minimum=1,
                             maximum=10_000_000),
         "maxTotalTokens": s("integer", "Longest prompt + completion.", minimum=1,
@@ -213,9 +215,6 @@ def engine_schema() -> Schema:
              "engine.toolCallParser: vllm's parsers are "
              f"{', '.join(contract.VLLM_TOOL_CALL_PARSERS)}", ".toolCallParser"),
         # What an engine has no way to honour is refused, not accepted and ignored.
-        rule("!has(self.maxConcurrentRequests) || !has(self.kind) || self.kind != 'vllm'",
-             "engine.maxConcurrentRequests: vllm has no admission limit (it queues every "
-             "request); remove the field", ".maxConcurrentRequests"),
         rule("!has(self.maxInputTokens) || !has(self.kind) || self.kind != 'vllm'",
              "engine.maxInputTokens: vllm bounds prompt + completion only (--max-model-len, "
              "from maxTotalTokens or model.contextWindow); remove the field",

@@ -79,8 +79,6 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
                   "ingress": {"host": "chat.lan.example"}}},
      "spec.network.ingress.trustedProxies"),
     # what an engine cannot honour is refused, not accepted and ignored
-    ("vllm-max-concurrent", {"engine": {"kind": "vllm", "maxConcurrentRequests": 4}},
-     "spec.engine.maxConcurrentRequests"),
     ("vllm-max-input", {"engine": {"kind": "vllm", "maxInputTokens": 100}},
      "spec.engine.maxInputTokens"),
     ("vllm-default-max-tokens", {"engine": {"kind": "vllm"}, "defaults": {"maxTokens": 64}},
@@ -149,7 +147,10 @@ def test_the_good_base_manifest_is_accepted(kubectl, namespace, crd) -> None:  #
 def test_tls_for_tgi_and_port_8001_for_builtin_are_accepted(kubectl, namespace,  # noqa: F811
                                                             crd) -> None:  # noqa: F811
     """TLS terminates in the gateway now, so TGI keeps the default tls.mode; the engine
-    port rule is for the engines behind the gateway only."""
+    port rule is for the engines behind the gateway only; the gateway enforces vLLM's
+    admission limit, so the field is accepted there."""
     apply(kubectl, namespace, manifest("tgi-tls", {"engine": {"kind": "tgi"}}))
     apply(kubectl, namespace, manifest("builtin-8001", {"network": {"port": 8001}}))
-    assert len(items(kubectl, namespace, "modeldeployments")) == 2
+    apply(kubectl, namespace, manifest("vllm-limit", {"engine": {
+        "kind": "vllm", "maxConcurrentRequests": 4}}))
+    assert len(items(kubectl, namespace, "modeldeployments")) == 3

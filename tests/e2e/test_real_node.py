@@ -310,3 +310,101 @@ def test_testbed_keeps_every_packet_on_this_machine(real_node, kubectl, namespac
                            str(pki)], capture_output=True, text=True, check=True).stdout
     assert f"IP Address:{env['LINK_HOST_IP']}" in sans
     assert f"IP Address:{env['KUBERNETES_SERVICE_IP']}" in sans
+
+
+def test_rendered_gateway_pod_fronts_an_engine_on_loopback(real_node, kubectl, namespace,
+                                                           model_volume_root,
+                                                           tmp_path) -> None:
+    """The pod the operator renders for vLLM, run for real: its gateway container (as
+    rendered: flags, mounts, probes, security context) in front of an engine on
+    127.0.0.1:8001. vLLM cannot run here (no GPU, no image), so the engine container runs
+    the builtin server with the same loopback address and the engine's rendered exec
+    probes; everything else is the operator's rendering."""
+    from modeldeploy.constants import ENGINE_LOOPBACK_PORT, HOME_DIR
+    from modeldeploy.render import workload
+    from modeldeploy.spec import parse
+
+    name = "gw"
+    spec = parse(name, namespace, "uid-gw", {
+        "model": {"source": "hf://org/model", "contextWindow": 2048},
+        "engine": {"kind": "vllm"},
+        "resources": {"gpus": 0, "cpu": "500m", "memory": "2Gi"},
+        "qos": {"priority": "normal"}})
+    template = workload.render(spec)["spec"]["template"]
+    pod_spec = template["spec"]
+    engine, front = pod_spec["containers"]
+    assert front["name"] == "gateway" and "ports" not in engine
+
+    model = readable_copy(tiny_model(tmp_path / "tiny-build"),
+                          model_volume_root / namespace / "tiny")
+    claim = host_volume(kubectl, namespace, "models", model.parent)
+    # The stand-in engine: the builtin server where vLLM would listen, plain and keyless
+    # as the rendered vLLM is. The rendered exec probes stay.
+    engine.update(image=real_node["SERVER_IMAGE"], imagePullPolicy="Never",
+                  command=["modelserver"],
+                  args=["serve", "--model", "/models/tiny", "--served-name", "tiny",
+                        "--dtype", "float32", "--host", "127.0.0.1",
+                        "--port", str(ENGINE_LOOPBACK_PORT), "--no-tls", "--no-auth"],
+                  env=[{"name": "HOME", "value": HOME_DIR}],
+                  volumeMounts=[*[m for m in engine["volumeMounts"]
+                                  if m["name"] in ("tmp", "home")],
+                                {"name": "models", "mountPath": "/models", "readOnly": True}])
+    front.update(image=real_node["SERVER_IMAGE"], imagePullPolicy="Never")
+    keep = {m["name"] for c in (engine, front) for m in c["volumeMounts"]}
+    volumes = [v for v in pod_spec["volumes"] if v["name"] in keep]
+    volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": claim,
+                                                                "readOnly": True}})
+    placement = real_node_placement()
+    pod_spec.update(volumes=volumes, nodeSelector=placement["nodeSelector"],
+                    tolerations=placement["tolerations"])
+    pod_spec.pop("affinity", None)
+    pod_spec.pop("priorityClassName", None)
+
+    server_name = f"{name}.{namespace}.svc"
+    ca, cert, key = make_test_ca(tmp_path / "tls", [server_name])
+    tls_secret = next(v["secret"]["secretName"] for v in volumes if v["name"] == "tls")
+    keys_secret = next(v["secret"]["secretName"] for v in volumes if v["name"] == "api-keys")
+    other_key = "sk-second-" + uuid.uuid4().hex
+    secrets = [
+        {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+         "metadata": {"name": tls_secret},
+         "data": {"tls.crt": base64.b64encode(cert.encode()).decode(),
+                  "tls.key": base64.b64encode(key.encode()).decode()}},
+        # A user-made Secret with only `keys`, two of them: no pod needs more.
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": keys_secret},
+         "stringData": {"keys": f"{API_KEY}\n{other_key}\n"}},
+    ]
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "labels": template["metadata"]["labels"]},
+           "spec": pod_spec}
+    try:
+        kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(
+            {"apiVersion": "v1", "kind": "List", "items": [*secrets, pod]}))
+        ready = wait(lambda: pod_ready(kubectl, namespace, name), 420,
+                     "the gateway pod to pass its readiness probe") or {}
+        assert ready, describe(kubectl, namespace, "pod", name)
+        statuses = {c["name"]: c for c in ready["status"]["containerStatuses"]}
+        assert statuses["server"]["started"] and statuses["gateway"]["ready"]
+        assert statuses["server"]["restartCount"] == 0, "the engine's exec probe failed"
+        ip = ready["status"]["podIP"]
+        port = spec.network.port
+
+        assert https("GET", ip, port, "/health", ca, server_name).status_code == 200
+        for k in (API_KEY, other_key):
+            chat = https("POST", ip, port, "/v1/chat/completions", ca, server_name, key=k,
+                         body={"model": "tiny", "max_tokens": 4, "temperature": 0,
+                               "messages": [{"role": "user", "content": "hello"}]})
+            assert chat.status_code == 200, chat.text
+            assert chat.json()["usage"]["completion_tokens"] > 0
+        refused = https("POST", ip, port, "/v1/chat/completions", ca, server_name,
+                        key="wrong", body={"model": "tiny", "messages": []})
+        assert refused.status_code == 401
+        metrics = https("GET", ip, port, "/metrics", ca, server_name).text
+        assert "modelserver_gateway_requests_total" in metrics
+        assert "modelserver_inflight_requests" in metrics  # the engine's, through the gateway
+        # The engine is on the pod's loopback only: nothing answers at the pod IP.
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://{ip}:{ENGINE_LOOPBACK_PORT}/health", timeout=3)
+    finally:
+        kubectl("delete", "pod", name, "-n", namespace, "--wait=false", check=False)
+        delete_host_volumes(kubectl, namespace)

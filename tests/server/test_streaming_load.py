@@ -58,6 +58,7 @@ def test_streamed_full_precision_equals_from_pretrained(tiny_model, qwen_sharded
     torch_dtype = loading.DTYPES[dtype]
     for path in (tiny_model, qwen_sharded):
         got = loading.load(LocalModel(path), dtype, "cpu", "none")
+        assert got.loader == "streaming"
         ref = _reference(path, torch_dtype, int8=False)
         assert got.model.dtype == torch_dtype
         assert got.parameters == sum(p.numel() for p in ref.parameters())
@@ -68,6 +69,7 @@ def test_streamed_full_precision_equals_from_pretrained(tiny_model, qwen_sharded
 def test_streamed_int8_equals_load_then_quantize(tiny_model, qwen_sharded, dtype):
     for path in (tiny_model, qwen_sharded):
         got = loading.load(LocalModel(path), dtype, "cpu", "int8")
+        assert got.loader == "streaming"
         ref = _reference(path, loading.DTYPES[dtype], int8=True)
         layers = [m for m in got.model.modules() if isinstance(m, Int8Linear)]
         assert len(layers) == sum(isinstance(m, Int8Linear) for m in ref.modules()) > 0
@@ -78,6 +80,7 @@ def test_streamed_int8_equals_load_then_quantize(tiny_model, qwen_sharded, dtype
 
 def test_tied_embedding_is_one_tensor_and_stays_full_precision(qwen_sharded) -> None:
     got = loading.load(LocalModel(qwen_sharded), "bfloat16", "cpu", "int8")
+    assert got.loader == "streaming"
     head, embed = got.model.get_output_embeddings(), got.model.get_input_embeddings()
     assert isinstance(head, torch.nn.Linear) and head.weight is embed.weight
     assert head.weight.dtype == torch.bfloat16
@@ -85,6 +88,7 @@ def test_tied_embedding_is_one_tensor_and_stays_full_precision(qwen_sharded) -> 
 
 def test_streamed_rope_scaled_config_matches(qwen_sharded) -> None:
     got = loading.load(LocalModel(qwen_sharded), "float32", "cpu", "int8", context_window=8192)
+    assert got.loader == "streaming"
     assert got.context.served == 8192 and got.context.rope_scaling["rope_type"] == "yarn"
     config = AutoConfig.from_pretrained(qwen_sharded)
     loading._rope_scaling(config, 8192)
@@ -107,6 +111,7 @@ def test_checkpoint_it_cannot_stream_still_loads_the_old_way(tmp_path, tiny_mode
         streaming.plan(tmp_path, streaming.skeleton(AutoConfig.from_pretrained(tmp_path),
                                                     torch.float32))
     got = loading.load(LocalModel(tmp_path), "float32", "cpu", "int8")
+    assert "model.safetensors" in got.loader  # why it was not streamed
     assert torch.equal(_logits(got.model), _logits(_reference(tiny_model, torch.float32, True)))
 
 

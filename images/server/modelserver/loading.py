@@ -50,6 +50,7 @@ class Loaded:
     parameters: int
     weight_bytes: int
     load_seconds: float
+    loader: str = "streaming"  # or why transformers' loader was used instead
 
 
 def pick_dtype(name: str, device: str) -> torch.dtype:
@@ -93,16 +94,16 @@ def _rope_scaling(config: Any, wanted: int | None) -> ContextInfo:
 
 
 def _load_model(src: LocalModel, config: Any, dtype: torch.dtype, device_map: str,
-                int8: bool) -> tuple[Any, int]:
-    """(model, parameter count before int8): streamed when the checkpoint allows it,
-    else transformers' loader (then int8 after the full-precision load)."""
+                int8: bool) -> tuple[Any, int, str]:
+    """(model, parameter count before int8, "streaming" or why not): streamed when the
+    checkpoint allows it, else transformers' loader (then int8 after the full load)."""
     if src.gguf_file:
         # GGUF cannot be streamed tensor by tensor into our layers: transformers reads and
         # dequantizes the whole file itself. Its path stays load-then-quantize.
         why = "GGUF file"
     else:
         try:
-            return streaming.load(src.directory, config, dtype, device_map, int8)
+            return (*streaming.load(src.directory, config, dtype, device_map, int8), "streaming")
         except streaming.NotStreamable as e:
             why = str(e)
     kw: dict[str, Any] = {"gguf_file": src.gguf_file} if src.gguf_file else {}
@@ -123,7 +124,7 @@ def _load_model(src: LocalModel, config: Any, dtype: torch.dtype, device_map: st
         quantize_int8(model)
     else:
         log.info("loaded with transformers' loader: %s", why)
-    return model, params
+    return model, params, why
 
 
 def load(
@@ -142,7 +143,8 @@ def load(
     # one device: materialise each tensor there (no host copy of the model first);
     # several GPUs: spread layers over all visible ones
     device_map = "auto" if dev == "cuda" and torch.cuda.device_count() > 1 else dev
-    model, params = _load_model(src, config, torch_dtype, device_map, quantization == "int8")
+    model, params, loader = _load_model(src, config, torch_dtype, device_map,
+                                        quantization == "int8")
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     if dev == "cpu" and params < 20_000_000 and "OMP_NUM_THREADS" not in os.environ:
@@ -158,4 +160,4 @@ def load(
         weight_bytes / 2**20, took,
     )
     return Loaded(model, tokenizer, context, torch_dtype, dev, quantization, params,
-                  weight_bytes, took)
+                  weight_bytes, took, loader)

@@ -81,6 +81,7 @@ def skeleton(config: Any, dtype: torch.dtype) -> nn.Module:
     they are small and not all of them are in a checkpoint)."""
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()  # post_init leaves meta weights untied under init_empty_weights
     return model
 
 

@@ -19,7 +19,7 @@ export BENCH_THREADS
 # The operator before the restart-ordering change, for bench-restart's same-run baseline.
 BENCH_BASELINE ?= f4a0f2a
 
-.PHONY: bench bench-operator bench-restart bench-server bench-gpu
+.PHONY: bench bench-operator bench-restart bench-server bench-gpu bench-load
 
 bench: bench-operator bench-server ## benchmarks: operator at N=10..1000, server vs baselines (long)
 	@echo ">> results in $(BENCH_OUT); benchmarks/RESULTS.md quotes them"
@@ -77,3 +77,6 @@ bench-server: venv
 
 bench-gpu: venv ## the server sweep on an NVIDIA GPU, next to the bandwidth ceiling (< 8 min)
 	bash benchmarks/gpu.sh
+
+bench-load: venv ## peak memory of loading Qwen2.5-1.5B-sized random bf16: whole load (+int8) vs streaming
+	$(PY) benchmarks/load_memory.py --config qwen1.5b --rounds 2 --out $(BENCH_OUT)/load-memory.json

@@ -1,5 +1,9 @@
 """Load tokenizer + causal LM from a resolved source, with dtype, device placement,
-optional int8 weights and honest context extension (RoPE scaling)."""
+optional int8 weights and honest context extension (RoPE scaling).
+
+Weights go straight to their device(s) (streaming.py): the host never holds the whole
+model, and with int8 the full-precision model never exists anywhere. benchmarks/RESULTS.md
+("Loading a big model") has the peak memory of this path against load-then-quantize."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from . import streaming
 from .fetch import LocalModel
 from .quant import quantize_int8
 
@@ -45,6 +50,7 @@ class Loaded:
     parameters: int
     weight_bytes: int
     load_seconds: float
+    loader: str = "streaming"  # or why transformers' loader was used instead
 
 
 def pick_dtype(name: str, device: str) -> torch.dtype:
@@ -87,6 +93,40 @@ def _rope_scaling(config: Any, wanted: int | None) -> ContextInfo:
     return ContextInfo(native, wanted, scaling)
 
 
+def _load_model(src: LocalModel, config: Any, dtype: torch.dtype, device_map: str,
+                int8: bool) -> tuple[Any, int, str]:
+    """(model, parameter count before int8, "streaming" or why not): streamed when the
+    checkpoint allows it, else transformers' loader (then int8 after the full load)."""
+    if src.gguf_file:
+        # GGUF cannot be streamed tensor by tensor into our layers: transformers reads and
+        # dequantizes the whole file itself. Its path stays load-then-quantize.
+        why = "GGUF file"
+    else:
+        try:
+            return (*streaming.load(src.directory, config, dtype, device_map, int8), "streaming")
+        except streaming.NotStreamable as e:
+            why = str(e)
+    kw: dict[str, Any] = {"gguf_file": src.gguf_file} if src.gguf_file else {}
+    if src.gguf_file and device_map != "auto":
+        # as before streaming existed: load on the host, then move
+        model = AutoModelForCausalLM.from_pretrained(
+            str(src.directory), config=config, dtype=dtype, **kw).to(device_map)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(src.directory), config=config, dtype=dtype, device_map=device_map, **kw)
+    if model.dtype != dtype:
+        model = model.to(dtype)  # GGUF dequantizes to float32 first
+    model.eval()
+    params = sum(p.numel() for p in model.parameters())  # before int8 turns some into buffers
+    if int8:
+        log.warning("int8 after a full-precision load (%s): peak memory is the"
+                    " full-precision model", why)
+        quantize_int8(model)
+    else:
+        log.info("loaded with transformers' loader: %s", why)
+    return model, params, why
+
+
 def load(
     src: LocalModel, dtype: str = "auto", device: str = "auto", quantization: str = "none",
     context_window: int | None = None,
@@ -100,20 +140,11 @@ def load(
     tokenizer = AutoTokenizer.from_pretrained(str(src.directory), **kw)
     config = AutoConfig.from_pretrained(str(src.directory), **kw)
     context = _rope_scaling(config, context_window)
-    model_kw: dict[str, Any] = {"config": config, "dtype": torch_dtype, **kw}
-    if dev == "cuda" and torch.cuda.device_count() > 1:
-        model_kw["device_map"] = "auto"  # spread layers over all visible GPUs
-    model = AutoModelForCausalLM.from_pretrained(str(src.directory), **model_kw)
-    if "device_map" not in model_kw:
-        model = model.to(dev)
-    if model.dtype != torch_dtype and not src.gguf_file:
-        model = model.to(torch_dtype)
-    elif src.gguf_file and model.dtype != torch_dtype:
-        model = model.to(torch_dtype)  # GGUF dequantizes to float32 first
-    model.eval()
-    params = sum(p.numel() for p in model.parameters())  # before int8 turns some into buffers
-    if quantization == "int8":
-        quantize_int8(model)
+    # one device: materialise each tensor there (no host copy of the model first);
+    # several GPUs: spread layers over all visible ones
+    device_map = "auto" if dev == "cuda" and torch.cuda.device_count() > 1 else dev
+    model, params, loader = _load_model(src, config, torch_dtype, device_map,
+                                        quantization == "int8")
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     if dev == "cpu" and params < 20_000_000 and "OMP_NUM_THREADS" not in os.environ:
@@ -129,4 +160,4 @@ def load(
         weight_bytes / 2**20, took,
     )
     return Loaded(model, tokenizer, context, torch_dtype, dev, quantization, params,
-                  weight_bytes, took)
+                  weight_bytes, took, loader)

@@ -21,7 +21,7 @@ BENCH_BASELINE ?= f4a0f2a
 
 .PHONY: bench bench-operator bench-restart bench-server bench-gpu bench-load
 
-bench: bench-operator bench-server ## benchmarks: operator at N=10..1000, server vs baselines (long)
+bench: bench-operator bench-server bench-load ## benchmarks: operator at N=10..1000, server vs baselines, loader memory (long)
 	@echo ">> results in $(BENCH_OUT); benchmarks/RESULTS.md quotes them"
 
 bench-operator: venv binaries

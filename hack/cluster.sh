@@ -49,6 +49,10 @@ componentsPatches:
   - {key: kubelet-preferred-address-types, value: InternalIP}
   # A node may only change itself and its own pods.
   - {key: enable-admission-plugins, value: NodeRestriction}
+  # Aggregated APIs (the operator's custom.metrics.k8s.io) are dialled at their endpoints'
+  # addresses: the API server runs on the host, where Service IPs are blackholed (only
+  # the real node's kube-proxy, in its own namespace, translates them).
+  - {key: enable-aggregator-routing, value: "true"}
 # kwok fakes only the nodes of hack/nodes.yaml, never the real one's pods. (kwokctl's
 # binary runtime always passes --manage-all-nodes=true; the later flag wins.)
 - name: kwok-controller

@@ -58,8 +58,14 @@ def test_engine_listens_on_loopback_with_no_tls_and_no_key(kind: str) -> None:
         assert flag not in a, flag
     assert not {"API_KEY", "VLLM_API_KEY"} & {e["name"] for e in engine["env"]}
     assert not {"tls", "api-keys"} & mount_names(engine)
-    # On loopback the kubelet cannot reach it: no port and no probe of its own.
-    assert "ports" not in engine and not any(p in engine for p in PROBES)
+    # On loopback the kubelet's httpGet cannot reach it: no port, and exec probes (startup
+    # and liveness: a hung engine is restarted itself) that dial 127.0.0.1 from inside.
+    assert "ports" not in engine and "readinessProbe" not in engine
+    for probe in ("startupProbe", "livenessProbe"):
+        command = engine[probe]["exec"]["command"]
+        assert command == workload.engine_health_command(ENGINE_LOOPBACK_PORT, "/health")
+    assert engine["startupProbe"]["periodSeconds"] * engine["startupProbe"][
+        "failureThreshold"] >= make_spec({"engine": {"kind": kind}}).engine.startup_timeout_seconds
 
 
 @pytest.mark.parametrize("kind", BEHIND_GATEWAY)
@@ -87,8 +93,11 @@ def test_gateway_serves_the_port_with_the_builtin_security_flags(kind: str) -> N
                                   "readOnly": True}
     assert "model-cache" not in mounts and "shm" not in mounts
     assert gw["ports"] == [{"name": "api", "containerPort": 9443, "protocol": "TCP"}]
-    for probe in PROBES:
+    for probe in ("startupProbe", "readinessProbe"):
         assert gw[probe]["httpGet"] == {"path": "/health", "port": "api", "scheme": "HTTPS"}
+    # Its liveness is its own: /health follows the engine, and failing it would restart the
+    # gateway, never the hung engine.
+    assert gw["livenessProbe"]["tcpSocket"] == {"port": "api"}
     assert gw["startupProbe"]["periodSeconds"] * gw["startupProbe"]["failureThreshold"] >= \
         spec.engine.startup_timeout_seconds
     vols = {v["name"]: v for v in pod["volumes"]}

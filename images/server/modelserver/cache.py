@@ -9,16 +9,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .engine.sampling import SamplingParams
-from .metrics import Metrics
+from .metrics import CacheMetrics
+
+if TYPE_CHECKING:  # the gateway uses this module without loading torch
+    from .engine.sampling import SamplingParams
 
 log = logging.getLogger("modelserver.cache")
 
 
 class ResponseCache:
-    def __init__(self, url: str, ttl: int, metrics: Metrics) -> None:
+    def __init__(self, url: str, ttl: int, metrics: CacheMetrics) -> None:
         self.url, self.ttl, self.metrics = url, ttl, metrics
         self._redis: Any = None
 

@@ -1,4 +1,6 @@
-"""Typed settings of `modelserver serve` / `fetch`, parsed from flags with env fallbacks.
+"""Typed settings of `modelserver serve` / `gateway` / `fetch`, parsed from flags with env
+fallbacks. The listening side (TLS, keys, allow-list, limits, cache, overflow, logs) is one
+flag group with one validation, shared by `serve` and `gateway`.
 
 Every flag `--some-flag` can also come from `MODELSERVER_SOME_FLAG` (the operator renders
 either); a flag given on the command line wins over the environment.
@@ -12,6 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 from modeldeploy import contract
 from modeldeploy.constants import SERVER_MAX_BODY_BYTES, SERVER_REQUEST_TIMEOUT_SECONDS
@@ -46,17 +49,12 @@ class Checksum:
 
 
 @dataclass(frozen=True)
-class Settings(contract.EngineOptions):
-    model: str = ""
-    revision: str | None = None
-    served_name: str | None = None
+class ListenerSettings:
+    """What every listening mode shares: `serve` and `gateway` take these flags with the
+    same names, defaults and validation."""
+
     host: str = "0.0.0.0"
     port: int = contract.DEFAULT_PORT
-    context_window: int | None = None
-    default_max_tokens: int = contract.SERVER_MAX_TOKENS
-    default_temperature: float = contract.SERVER_TEMPERATURE
-    default_top_p: float = contract.SERVER_TOP_P
-    tool_call_parser: str = contract.DEFAULT_BUILTIN_TOOL_CALL_PARSER
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_min_version: str = contract.DEFAULT_TLS_MIN_VERSION
@@ -72,16 +70,9 @@ class Settings(contract.EngineOptions):
     cache_ttl: int = 3600
     overflow_url: str | None = None
     overflow_api_key_file: str | None = None
-    model_cache_dir: str | None = None
-    checksum: list[Checksum] = field(default_factory=list)
-    device: str = "auto"
-    warmup: bool = True
-    prefix_cache_entries: int = 8
     log_level: str = "info"
 
-    def validate(self) -> None:
-        if not self.model:
-            raise ConfigError("--model is required (local dir, .gguf file, hf://org/name, https://…)")
+    def validate_listener(self) -> None:
         if self.no_tls and (self.tls_cert or self.tls_key):
             raise ConfigError("--no-tls contradicts --tls-cert/--tls-key: choose one")
         if not self.no_tls and not (self.tls_cert and self.tls_key):
@@ -96,15 +87,54 @@ class Settings(contract.EngineOptions):
                 "API keys are on by default: give --api-keys-file FILE (one key per line), "
                 "or pass --no-auth to serve without authentication explicitly"
             )
+        if self.tls_min_version not in contract.TLS_VERSIONS:
+            raise ConfigError(f"--tls-min-version {self.tls_min_version!r}: one of "
+                              f"{', '.join(contract.TLS_VERSIONS)}")
+        for name in ("port", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.overflow_api_key_file and not self.overflow_url:
+            raise ConfigError("--overflow-api-key-file needs --overflow-url")
+        for flag, cidrs in (("allow-cidr", self.allow_cidr),
+                            ("trusted-proxy-cidr", self.trusted_proxy_cidr)):
+            for cidr in cidrs:
+                try:
+                    ipaddress.ip_network(cidr, strict=False)
+                except ValueError:
+                    raise ConfigError(f"--{flag} {cidr!r}: not a CIDR such as 10.0.0.0/8 "
+                                      "or fd00::/8") from None
+
+
+@dataclass(frozen=True)
+class Settings(contract.EngineOptions, ListenerSettings):
+    """`modelserver serve`: the listener's settings, the engine's, and the model's."""
+
+    model: str = ""
+    revision: str | None = None
+    served_name: str | None = None
+    context_window: int | None = None
+    default_max_tokens: int = contract.SERVER_MAX_TOKENS
+    default_temperature: float = contract.SERVER_TEMPERATURE
+    default_top_p: float = contract.SERVER_TOP_P
+    tool_call_parser: str = contract.DEFAULT_BUILTIN_TOOL_CALL_PARSER
+    model_cache_dir: str | None = None
+    checksum: list[Checksum] = field(default_factory=list)
+    device: str = "auto"
+    warmup: bool = True
+    prefix_cache_entries: int = 8
+
+    def validate(self) -> None:
+        if not self.model:
+            raise ConfigError("--model is required (local dir, .gguf file, hf://org/name, https://…)")
+        self.validate_listener()
         for flag, value, supported in (
             ("dtype", self.dtype, contract.DTYPES),
             ("quantization", self.quantization, contract.QUANTIZATIONS_BY_ENGINE["builtin"]),
             ("tool-call-parser", self.tool_call_parser, contract.BUILTIN_TOOL_CALL_PARSERS),
-            ("tls-min-version", self.tls_min_version, contract.TLS_VERSIONS),
         ):
             if value not in supported:
                 raise ConfigError(f"--{flag} {value!r}: one of {', '.join(supported)}")
-        for name in ("max_batch_size", "max_concurrent_requests", "port", "max_body_bytes"):
+        for name in ("max_batch_size", "max_concurrent_requests"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if (
@@ -116,16 +146,28 @@ class Settings(contract.EngineOptions):
                 f"--max-input-tokens ({self.max_input_tokens}) must be below "
                 f"--max-total-tokens ({self.max_total_tokens})"
             )
-        if self.overflow_api_key_file and not self.overflow_url:
-            raise ConfigError("--overflow-api-key-file needs --overflow-url")
-        for flag, cidrs in (("allow-cidr", self.allow_cidr),
-                            ("trusted-proxy-cidr", self.trusted_proxy_cidr)):
-            for cidr in cidrs:
-                try:
-                    ipaddress.ip_network(cidr, strict=False)
-                except ValueError:
-                    raise ConfigError(f"--{flag} {cidr!r}: not a CIDR such as 10.0.0.0/8 "
-                                      "or fd00::/8") from None
+
+
+@dataclass(frozen=True)
+class GatewaySettings(ListenerSettings):
+    """`modelserver gateway`: the listener's settings in front of an engine (vLLM, TGI)
+    that listens on loopback without TLS or keys."""
+
+    upstream: str = ""
+    max_concurrent_requests: int = contract.DEFAULT_MAX_CONCURRENT_REQUESTS
+
+    def validate(self) -> None:
+        if not self.upstream:
+            raise ConfigError("--upstream is required: the engine's URL, e.g. "
+                              "http://127.0.0.1:8001")
+        url = urlsplit(self.upstream)
+        if url.scheme != "http" or not url.hostname or url.query or url.fragment:
+            raise ConfigError(f"--upstream {self.upstream!r}: an http:// URL such as "
+                              "http://127.0.0.1:8001 (the engine listens on loopback, "
+                              "without TLS)")
+        self.validate_listener()
+        if self.max_concurrent_requests < 1:
+            raise ConfigError("--max-concurrent-requests must be at least 1")
 
 
 def _env(flag: str) -> str | None:
@@ -163,6 +205,33 @@ def _common_model_flags(p: argparse.ArgumentParser) -> None:
          help="FILE=sha256:HEX or FILE=md5:HEX, verified before loading (repeatable)")
 
 
+def _listener_flags(p: argparse.ArgumentParser) -> None:
+    """The flags `serve` and `gateway` share: one definition, so both read the same."""
+    d = ListenerSettings()
+    _add(p, "host", default=d.host)
+    _add(p, "port", int, default=d.port)
+    _add(p, "max-concurrent-requests", int, default=contract.DEFAULT_MAX_CONCURRENT_REQUESTS,
+         help="in flight (queued + running); beyond this → 429 (or overflow)")
+    _add(p, "tls-cert")
+    _add(p, "tls-key")
+    _add(p, "tls-min-version", default=d.tls_min_version, help="|".join(contract.TLS_VERSIONS))
+    _add(p, "no-tls", action="store_true", help="serve plain HTTP (explicit opt-out)")
+    _add(p, "api-keys-file", help="one key per line; reloaded when it changes")
+    _add(p, "no-auth", action="store_true", help="no API key check (explicit opt-out)")
+    _add(p, "allow-cidr", action="append", help="allowed client network (repeatable)")
+    _add(p, "trusted-proxy-cidr", action="append",
+         help="reverse proxies (an Ingress controller) whose X-Forwarded-For gives the "
+              "client address for --allow-cidr and the access log (repeatable)")
+    _add(p, "max-body-bytes", int, default=d.max_body_bytes)
+    _add(p, "request-timeout", float, default=d.request_timeout)
+    _add(p, "redact-logs", action="store_true", help="mask personal data in all log lines")
+    _add(p, "cache-redis-url", help="redis://… response cache for deterministic requests")
+    _add(p, "cache-ttl", int, default=d.cache_ttl)
+    _add(p, "overflow-url", help="OpenAI-compatible base URL used when the queue is full")
+    _add(p, "overflow-api-key-file")
+    _add(p, "log-level", default=d.log_level)
+
+
 def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: a prefix of a flag is an error, not that flag, so a flag renamed
     # in the operator's renderer cannot keep working by accident (tests/unit/test_contract).
@@ -174,17 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="load the model and serve HTTP(S)", allow_abbrev=False)
     _common_model_flags(s)
+    _listener_flags(s)
     d = Settings()
     _add(s, "served-name", help="model name reported and accepted by the API")
-    _add(s, "host", default=d.host)
-    _add(s, "port", int, default=d.port)
     _add(s, "dtype", default=d.dtype, help="|".join(contract.DTYPES))
     _add(s, "quantization", default=d.quantization,
          help="|".join(contract.QUANTIZATIONS_BY_ENGINE["builtin"]) + " (weight-only int8)")
     _add(s, "device", default=d.device, help="auto|cpu|cuda (auto: device_map over all GPUs)")
     _add(s, "max-batch-size", int, default=d.max_batch_size)
-    _add(s, "max-concurrent-requests", int, default=d.max_concurrent_requests,
-         help="queued + running; beyond this → 429 (or overflow)")
     _add(s, "max-input-tokens", int)
     _add(s, "max-total-tokens", int)
     _add(s, "context-window", int, help="extend the model's window with RoPE scaling if larger")
@@ -193,26 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add(s, "default-top-p", float, default=d.default_top_p)
     _add(s, "tool-call-parser", default=d.tool_call_parser,
          help="|".join(contract.BUILTIN_TOOL_CALL_PARSERS))
-    _add(s, "tls-cert")
-    _add(s, "tls-key")
-    _add(s, "tls-min-version", default=d.tls_min_version, help="|".join(contract.TLS_VERSIONS))
-    _add(s, "no-tls", action="store_true", help="serve plain HTTP (explicit opt-out)")
-    _add(s, "api-keys-file", help="one key per line; reloaded when it changes")
-    _add(s, "no-auth", action="store_true", help="no API key check (explicit opt-out)")
-    _add(s, "allow-cidr", action="append", help="allowed client network (repeatable)")
-    _add(s, "trusted-proxy-cidr", action="append",
-         help="reverse proxies (an Ingress controller) whose X-Forwarded-For gives the "
-              "client address for --allow-cidr and the access log (repeatable)")
-    _add(s, "max-body-bytes", int, default=d.max_body_bytes)
-    _add(s, "request-timeout", float, default=d.request_timeout)
-    _add(s, "redact-logs", action="store_true", help="mask personal data in all log lines")
-    _add(s, "cache-redis-url", help="redis://… response cache for deterministic requests")
-    _add(s, "cache-ttl", int, default=d.cache_ttl)
-    _add(s, "overflow-url", help="OpenAI-compatible base URL used when the queue is full")
-    _add(s, "overflow-api-key-file")
     _add(s, "prefix-cache-entries", int, default=d.prefix_cache_entries)
     _add(s, "no-warmup", action="store_true", help=argparse.SUPPRESS)
-    _add(s, "log-level", default=d.log_level)
+
+    g = sub.add_parser("gateway", allow_abbrev=False,
+                       help="TLS, API keys, allow-list, cache, overflow and metrics in front "
+                            "of an engine (vLLM, TGI) on loopback")
+    _add(g, "upstream", help="the engine's http:// URL, e.g. http://127.0.0.1:8001 (required)")
+    _listener_flags(g)
 
     f = sub.add_parser("fetch", allow_abbrev=False,
                        help="download and verify a model into a cache dir, then exit")
@@ -231,9 +285,11 @@ def _list_value(ns: argparse.Namespace, flag: str) -> list[str]:
     return [v.strip() for v in env.replace("\n", ",").split(",") if v.strip()]
 
 
-def settings_from_args(argv: Sequence[str] | None = None) -> tuple[str, Settings]:
+def settings_from_args(argv: Sequence[str] | None = None,
+                       ) -> tuple[str, Settings | GatewaySettings]:
     ns = build_parser().parse_args(argv)
-    names = {f.name for f in fields(Settings)}
+    kind = GatewaySettings if ns.command == "gateway" else Settings
+    names = {f.name for f in fields(kind)}
     values: dict[str, Any] = {}
     for key, value in vars(ns).items():
         if key.startswith("_") or key in ("command", "checksum", "allow_cidr",
@@ -245,8 +301,9 @@ def settings_from_args(argv: Sequence[str] | None = None) -> tuple[str, Settings
             values[key] = value
     if ns.command == "fetch" and ns.cache_dir:
         values["model_cache_dir"] = ns.cache_dir
-    values["checksum"] = [Checksum.parse(c) for c in _list_value(ns, "checksum")]
-    if ns.command == "serve":
+    if ns.command != "gateway":
+        values["checksum"] = [Checksum.parse(c) for c in _list_value(ns, "checksum")]
+    if ns.command in ("serve", "gateway"):
         values["allow_cidr"] = _list_value(ns, "allow-cidr")
         values["trusted_proxy_cidr"] = _list_value(ns, "trusted-proxy-cidr")
-    return ns.command, Settings(**values)
+    return ns.command, kind(**values)

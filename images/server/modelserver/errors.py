@@ -21,6 +21,7 @@ _OPENAI_TYPES = {
     "not_found": "invalid_request_error",
     "timeout": "timeout_error",
     "unavailable": "server_error",
+    "upstream": "server_error",
 }
 
 
@@ -99,6 +100,12 @@ class UnavailableError(APIError):
 
     def __init__(self, message: str = "model is loading") -> None:
         super().__init__(message, headers={"Retry-After": "5"})
+
+
+class BadGatewayError(APIError):
+    """The gateway's upstream engine broke off or answered nonsense (`modelserver
+    gateway`)."""
+    status, error_type = 502, "upstream"
 
 
 def is_openai_path(path: str) -> bool:

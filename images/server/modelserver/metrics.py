@@ -5,6 +5,7 @@ operator's autoscaler reads, `modelserver_inflight_requests` and
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -16,6 +17,20 @@ from prometheus_client import (
 
 _DURATION = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 _TOKENS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
+
+
+class CacheMetrics(Protocol):
+    """What the answer cache counts (cache.py), in `serve`'s metrics or the gateway's."""
+
+    cache_hits: Counter
+    cache_misses: Counter
+
+
+class OverflowMetrics(Protocol):
+    """What overflow counts (overflow.py), in `serve`'s metrics or the gateway's."""
+
+    overflowed: Counter
+    rejected: Counter
 
 
 class Metrics:
@@ -88,4 +103,38 @@ class Metrics:
     def render(self) -> bytes:
         for hook in self._collect_hooks:
             hook()
+        return generate_latest(self.registry)
+
+
+class GatewayMetrics:
+    """`modelserver gateway`'s own metrics, all named modelserver_gateway_*: they cannot
+    collide with the engine's (vllm:*, tgi_*, modelserver_*), appended after them on
+    /metrics. The attribute names the cache and overflow use are those of Metrics."""
+
+    PREFIX = "modelserver_gateway_"
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        p = self.PREFIX
+        self.requests = Counter(p + "requests_total", "Requests answered, by route and status",
+                                ["route", "status"], registry=r)
+        self.inflight = Gauge(p + "inflight_requests",
+                              "Requests admitted and not yet answered in full", registry=r)
+        self.upstream_errors = Counter(p + "upstream_errors_total",
+                                       "Upstream engine failures, by kind", ["kind"],
+                                       registry=r)
+        self.rejected = Counter(p + "rejected_total", "Requests answered 429", registry=r)
+        self.overflowed = Counter(p + "overflow_total",
+                                  "Requests forwarded to the overflow upstream", ["result"],
+                                  registry=r)
+        self.cache_hits = Counter(p + "response_cache_hits_total",
+                                  "Responses served from the Redis cache", registry=r)
+        self.cache_misses = Counter(p + "response_cache_misses_total",
+                                    "Cacheable requests not found in the Redis cache",
+                                    registry=r)
+        self.duration = Histogram(p + "request_duration_seconds",
+                                  "Seconds until the response's headers, by route",
+                                  ["route"], buckets=_DURATION, registry=r)
+
+    def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,13 +14,13 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from .errors import OverloadedError
-from .metrics import Metrics
+from .metrics import OverflowMetrics
 
 log = logging.getLogger("modelserver.overflow")
 
 
 class Overflow:
-    def __init__(self, base_url: str, key_file: str | None, metrics: Metrics,
+    def __init__(self, base_url: str, key_file: str | None, metrics: OverflowMetrics,
                  timeout: float) -> None:
         self.base_url = base_url.rstrip("/")
         self.key_file = key_file

@@ -89,15 +89,51 @@ def _probe(spec: Spec, path: str, failure_threshold: int, period: int) -> dict[s
     }
 
 
-def probes(spec: Spec, health_path: str) -> dict[str, Any]:
+def _startup_failures(spec: Spec) -> int:
     # /health answers only once the model is loaded: the startup probe waits for the
     # slowest load (engine.startupTimeoutSeconds), the others then react within ~30 s.
-    startup_failures = max(1, -(-spec.engine.startup_timeout_seconds // PROBE_PERIOD))
+    return max(1, -(-spec.engine.startup_timeout_seconds // PROBE_PERIOD))
+
+
+def probes(spec: Spec, health_path: str) -> dict[str, Any]:
     return {
-        "startupProbe": _probe(spec, health_path, startup_failures, PROBE_PERIOD),
+        "startupProbe": _probe(spec, health_path, _startup_failures(spec), PROBE_PERIOD),
         "readinessProbe": _probe(spec, health_path, 3, 5),
         "livenessProbe": _probe(spec, health_path, 3, 10),
     }
+
+
+def gateway_probes(spec: Spec) -> dict[str, Any]:
+    """The gateway's /health follows the engine's, which is right for startup and
+    readiness; its liveness is its own (a TCP connect), or a hung engine would restart the
+    gateway over and over and never the engine (engine_probes restarts that one)."""
+    return {
+        "startupProbe": _probe(spec, gateway.HEALTH_PATH, _startup_failures(spec), PROBE_PERIOD),
+        "readinessProbe": _probe(spec, gateway.HEALTH_PATH, 3, 5),
+        "livenessProbe": {"tcpSocket": {"port": PORT_NAME}, "periodSeconds": 10,
+                          "timeoutSeconds": 5, "failureThreshold": 3},
+    }
+
+
+def engine_health_command(port: int, path: str) -> list[str]:
+    """An exec probe for an engine on loopback, where the kubelet's httpGet (which dials
+    the pod IP) cannot reach. Bash builtins only (/dev/tcp, printf, read): the vLLM and TGI
+    images are Ubuntu-based and have bash, but neither promises curl or wget."""
+    script = (f"exec 3<>/dev/tcp/127.0.0.1/{port} && "
+              f"printf 'GET {path} HTTP/1.0\\r\\nHost: 127.0.0.1\\r\\n\\r\\n' >&3 && "
+              "read -r -t 4 proto status rest <&3 && [ \"$status\" = 200 ]")
+    return ["bash", "-c", script]
+
+
+def engine_probes(spec: Spec, port: int, path: str) -> dict[str, Any]:
+    """Startup and liveness of the engine behind the gateway, so a hung engine is the
+    container the kubelet restarts. No readiness: the gateway's carries it."""
+    def exec_probe(failures: int) -> dict[str, Any]:
+        return {"exec": {"command": engine_health_command(port, path)},
+                "periodSeconds": PROBE_PERIOD, "timeoutSeconds": 5,
+                "failureThreshold": failures}
+    return {"startupProbe": exec_probe(_startup_failures(spec)),
+            "livenessProbe": exec_probe(3)}
 
 
 def container_security(run_as_user: int | None = None) -> dict[str, Any]:
@@ -192,14 +228,14 @@ def serving_volumes(spec: Spec) -> tuple[list[dict[str, Any]], list[dict[str, An
     return [*sec_vols, *feat_vols], [*sec_mounts, *feat_mounts]
 
 
-def serving(spec: Spec, c: dict[str, Any], health_path: str) -> dict[str, Any]:
+def serving(spec: Spec, c: dict[str, Any], container_probes: dict[str, Any]) -> dict[str, Any]:
     """The container that serves network.port: it gets the port, the probes (the Service
     and the kubelet reach it there) and the Secret mounts its flags name."""
     return {**c,
             "ports": [{"name": PORT_NAME, "containerPort": spec.network.port,
                        "protocol": "TCP"}],
             "volumeMounts": [*c["volumeMounts"], *serving_volumes(spec)[1]],
-            **probes(spec, health_path)}
+            **container_probes}
 
 
 def containers(spec: Spec, plan: EnginePlan, mounts: list[dict[str, Any]],
@@ -208,15 +244,16 @@ def containers(spec: Spec, plan: EnginePlan, mounts: list[dict[str, Any]],
     engine = _container(CONTAINER, plan.image, plan.command, plan.args, plan.env,
                         resources(spec), container_security(plan.run_as_user), mounts)
     if plan.upstream_port is None:
-        return [serving(spec, engine, plan.health_path)]
+        return [serving(spec, engine, probes(spec, plan.health_path))]
     # The gateway runs as the pod's image user whatever the engine needs (TGI: root), and
     # mounts only what it writes to: no model, no /dev/shm. The engine, on loopback, gets
-    # no port and no probe: the gateway's /health answers only when the engine's does.
+    # no port; its exec probes make the kubelet restart it (not the gateway) when it hangs.
     gateway_mounts = [m for m in mounts if m["name"] in ("tmp", "home")]
     front = _container(gateway.CONTAINER, gateway.IMAGE, gateway.COMMAND,
                        gateway.args(spec, plan.upstream_port), [], gateway.resources(),
                        container_security(), gateway_mounts)
-    return [engine, serving(spec, front, gateway.HEALTH_PATH)]
+    engine = {**engine, **engine_probes(spec, plan.upstream_port, plan.health_path)}
+    return [engine, serving(spec, front, gateway_probes(spec))]
 
 
 def render(spec: Spec) -> dict[str, Any]:

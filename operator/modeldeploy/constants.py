@@ -63,6 +63,11 @@ GATEWAY_MEMORY = "1Gi"
 # Where the bundled server expects its files (contract with images/server).
 TLS_DIR = "/etc/modelserver/tls"
 AUTH_DIR = "/etc/modelserver/auth"
+# The answer cache's Redis password and the overflow upstream's key and CA, each mounted
+# from its own Secret (render/server_features.py).
+ANSWER_CACHE_DIR = "/etc/modelserver/answer-cache"
+OVERFLOW_KEY_DIR = "/etc/modelserver/overflow-key"
+OVERFLOW_CA_DIR = "/etc/modelserver/overflow-ca"
 CACHE_DIR = "/var/cache/modelserver"
 PVC_MODELS_DIR = "/models"
 # $HOME of every engine's container: an emptyDir, since the root filesystem is read-only

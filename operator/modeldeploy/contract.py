@@ -50,6 +50,13 @@ TLS_VERSIONS = ("1.2", "1.3")
 DEFAULT_TLS_MIN_VERSION = "1.3"
 DEFAULT_CONTEXT_WINDOW = 4096
 
+# The answer cache (modelserver/cache.py): how long a cached answer lives in Redis, and
+# the port of a redis:// URL that names none.
+DEFAULT_CACHE_TTL_SECONDS = 3600
+REDIS_DEFAULT_PORT = 6379
+# Default ports of the other URL schemes the operator turns into NetworkPolicy egress.
+URL_DEFAULT_PORTS = {"redis": REDIS_DEFAULT_PORT, "http": 80, "https": 443}
+
 # Sampling defaults for requests that set none. A ModelDeployment gets the deployment
 # guide's values; a bare `modelserver serve` keeps the OpenAI API's own defaults
 # (temperature 1, top_p 1) and a short answer, so a local run behaves like the API.

@@ -22,7 +22,7 @@ from modeldeploy.constants import (
     SINGULAR,
     VERSION,
 )
-from modeldeploy.spec import PARAMETER_COUNT
+from modeldeploy.spec import PARAMETER_COUNT, SERVICE_HOST
 
 Schema = dict[str, Any]
 
@@ -40,6 +40,18 @@ SOURCE_RULE = (
     r"|https://[A-Za-z0-9.-]+(:[0-9]+)?(/[^\\s]*)?"
     r"|file:///[^\\s]*)$')"
 )
+
+
+# URLs of the servers the pods call (answerCache, overflow): a host (a name, an IPv4
+# address or a bracketed IPv6 one) and an optional port. No user info: credentials come
+# from Secrets. Doubled backslashes: CEL string literals unescape them once.
+URL_HOST = r"([A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?|\\[[0-9A-Fa-f:.]+\\])"
+URL_PORT = (r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}"
+            r"|[1-9][0-9]{0,3}))?")
+REDIS_URL_RULE = f"self.matches('^redis://{URL_HOST}{URL_PORT}(/[0-9]{{0,2}})?$')"
+HTTP_URL_RULE = f"self.matches('^https?://{URL_HOST}{URL_PORT}(/[-A-Za-z0-9._~%/]*)?$')"
+# The same regex as spec.SERVICE_HOST, as a CEL string literal.
+SERVICE_HOST_CEL = SERVICE_HOST.pattern.replace("\\", "\\\\")
 
 
 def s(type_: str, description: str, **kw: Any) -> Schema:
@@ -398,6 +410,120 @@ def auth_schema() -> Schema:
     })
 
 
+def peer_properties(section: str, url_field: str) -> dict[str, Schema]:
+    """The NetworkPolicy fields of a server the pods call (see spec.Peer)."""
+    return {
+        "egressTo": {
+            "type": "array", "maxItems": 16, "description":
+                f"CIDRs the NetworkPolicy lets the pods reach for {section}.{url_field}, "
+                "instead of the peer derived from its host (an IP address: that /32 or "
+                "/128; a Service name NAME.NAMESPACE.svc[.cluster.local]: the pods of that "
+                "namespace). Required for any other host name.",
+            "items": {"type": "string", "maxLength": 43},
+            "x-kubernetes-validations": [rule(
+                "self.all(c, isCIDR(c))",
+                f"{section}.egressTo must be CIDRs such as 203.0.113.7/32")]},
+        "egressPort": s("integer", "Port the peer's pods listen on, for the NetworkPolicy, "
+                        f"when it differs from the port of {section}.{url_field} (a "
+                        "Service whose targetPort differs: the policy sees the packet "
+                        "after the Service's address translation).",
+                        minimum=1, maximum=65535),
+    }
+
+
+def answer_cache_schema() -> Schema:
+    return obj("Redis keeps the answers to deterministic requests (temperature 0, or a "
+               "seed) and answers repeats of them; sampled requests are never cached. "
+               "Redis being down skips the cache, it fails no request.", {
+        "redisUrl": s("string", "redis://HOST[:PORT][/DB] (port default "
+                      f"{contract.REDIS_DEFAULT_PORT}), without a password in it.",
+                      maxLength=512, minLength=1,
+                      **{"x-kubernetes-validations": [rule(
+                          REDIS_URL_RULE,
+                          "answerCache.redisUrl must be redis://HOST[:PORT][/DB], without "
+                          "user or password (the password comes from "
+                          "answerCache.passwordSecretName)")]}),
+        "passwordSecretName": s("string", "Secret (this namespace) whose data key "
+                                "`password` is Redis's password; mounted as a file.",
+                                maxLength=253, pattern=DNS_SUBDOMAIN),
+        "ttlSeconds": s("integer", "How long an answer stays cached (default "
+                        f"{contract.DEFAULT_CACHE_TTL_SECONDS}).",
+                        minimum=1, maximum=30 * 86_400),
+        **peer_properties("answerCache", "redisUrl"),
+    }, required=["redisUrl"])
+
+
+def overflow_schema() -> Schema:
+    return obj("An OpenAI-compatible upstream (e.g. another ModelDeployment or a cloud "
+               "model) that answers the requests this one turns away when "
+               "engine.maxConcurrentRequests are in flight. When the upstream fails, "
+               "refuses or times out, the request gets 429 with Retry-After.", {
+        "url": s("string", "The upstream's OpenAI base URL, http:// or https://, e.g. "
+                 "https://big.models.svc:8080/v1 (port default 80 or 443).",
+                 maxLength=512, minLength=1,
+                 **{"x-kubernetes-validations": [rule(
+                     HTTP_URL_RULE,
+                     "overflow.url must be an http:// or https:// URL such as "
+                     "https://host:8080/v1, without user, query or fragment (the key "
+                     "comes from overflow.apiKeySecretName)")]}),
+        "apiKeySecretName": s("string", "Secret (this namespace) whose data key `apiKey` "
+                              "is the upstream's API key; mounted as a file, re-read for "
+                              "every request.", maxLength=253, pattern=DNS_SUBDOMAIN),
+        "caSecretName": s("string", "Secret (this namespace) whose data key `ca.crt` is "
+                          "the CA of an https upstream with a private CA (another "
+                          "ModelDeployment's <name>-tls Secret has it). Unset: the "
+                          "image's public CAs.", maxLength=253, pattern=DNS_SUBDOMAIN),
+        "timeoutSeconds": s("integer", "How long the upstream may take to answer before "
+                            "the request gets 429 (default: the server's request "
+                            "timeout, 600).", minimum=1, maximum=86_400),
+        "redactRequests": s("boolean", "Mask personal data (e-mail addresses, phone, ID "
+                            "and card numbers, keys) in the messages sent upstream.",
+                            default=False),
+        **peer_properties("overflow", "url"),
+    }, required=["url"], **{"x-kubernetes-validations": [
+        rule("!has(self.caSecretName) || self.url.startsWith('https://')",
+             "overflow.caSecretName needs an https:// overflow.url (plain http has no "
+             "certificate to verify)", ".caSecretName"),
+    ]})
+
+
+def logging_schema() -> Schema:
+    return obj("The server's logs.", {
+        "redact": s("boolean", "Mask personal data (e-mail addresses, phone, ID and card "
+                    "numbers, keys) in every log line of the bundled server, or of the "
+                    "gateway in front of vllm and tgi (their own logs are not filtered).",
+                    default=False),
+    })
+
+
+# A URL whose host gives the NetworkPolicy a peer (spec.Peer): an IP address or a Service
+# name. Regexes on the whole URL, not url().getHostname(): the API server bounds a rule's
+# cost by the string's maxLength, which a function's result no longer carries.
+IPV4_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+IPV4 = rf"{IPV4_OCTET}(\\.{IPV4_OCTET}){{3}}"
+IPV6 = r"\\[[0-9A-Fa-f:.]+\\]"
+PEER_HOST_URL = (f"^[a-z]+://({IPV4}|{IPV6}|{SERVICE_HOST_CEL.strip('^$')})"
+                 r"(:[0-9]+)?(/.*)?$")
+
+
+def egress_peer_rule(section: str, url_field: str, url_rule: str) -> dict[str, str]:
+    """A URL whose host gives the NetworkPolicy no peer needs egressTo, unless there is
+    no NetworkPolicy. Only a well-formed URL (`url_rule`, the field's own rule, which
+    refuses the others with its own message) is judged here."""
+    sec = f"self.{section}"
+    return rule(
+        f"!has({sec}) || !has({sec}.{url_field}) || "
+        f"(has({sec}.egressTo) && size({sec}.egressTo) > 0) || "
+        "(has(self.network) && has(self.network.networkPolicy) && "
+        "!self.network.networkPolicy) || "
+        f"!{url_rule.replace('self.', f'{sec}.{url_field}.', 1)} || "
+        f"{sec}.{url_field}.matches('{PEER_HOST_URL}')",
+        f"{section}.egressTo is required: the host of {section}.{url_field} is neither an "
+        "IP address nor a Service name NAME.NAMESPACE.svc[.cluster.local], so the "
+        "NetworkPolicy cannot tell which addresses it is; list them (CIDRs)",
+        f".{section}.egressTo")
+
+
 def clawdbot_schema() -> Schema:
     return obj("The ready-to-use Clawdbot ConfigMap.", {
         "enabled": s("boolean", "Render ConfigMap <name>-clawdbot (default true).",
@@ -429,8 +555,13 @@ def spec_schema() -> Schema:
         "tls": {**tls_schema(), "default": {}},
         "auth": {**auth_schema(), "default": {}},
         "clawdbot": {**clawdbot_schema(), "default": {}},
+        "answerCache": answer_cache_schema(),
+        "overflow": overflow_schema(),
+        "logging": logging_schema(),
     }, required=["model"], **{"x-kubernetes-validations": [
         engine_port_rule(),
+        egress_peer_rule("answerCache", "redisUrl", REDIS_URL_RULE),
+        egress_peer_rule("overflow", "url", HTTP_URL_RULE),
         rule("!has(self.autoscaling) || !has(self.replicas)",
              "replicas must not be set together with autoscaling (the autoscaler sets replicas)",
              ".replicas"),

@@ -6,6 +6,7 @@ derives values the renderers share (names, URLs). It never does I/O.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -221,6 +222,83 @@ class AuthSpec:
     rotation: int = 0
 
 
+# A Service's DNS name inside the cluster: NAME.NAMESPACE.svc[.cluster.local]. Only this
+# form says which namespace the peer is in (a bare NAME or NAME.NAMESPACE leans on the
+# pod's DNS search path, another cluster domain on the cluster's configuration).
+SERVICE_HOST = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\.([a-z0-9]([-a-z0-9]*[a-z0-9])?)\.svc(\.cluster\.local)?$")
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A server the pods call (Redis, the overflow upstream): its URL, and who the
+    NetworkPolicy lets the pods reach for it (render/networkpolicy.py)."""
+
+    url: str
+    # CIDRs that replace the peer derived from the URL's host (a host name outside the
+    # cluster, or a Service whose pods the namespace alone does not describe).
+    egress_to: tuple[str, ...] = ()
+    # The port the peer's pods listen on, when it is not the URL's: a NetworkPolicy sees
+    # the packet after the Service's DNAT, so a Service whose targetPort differs needs it.
+    egress_port: int | None = None
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        """The URL's port, or its scheme's default (redis 6379, http 80, https 443)."""
+        parsed = urlparse(self.url)
+        return parsed.port or contract.URL_DEFAULT_PORTS[parsed.scheme]
+
+    @property
+    def policy_port(self) -> int:
+        return self.egress_port or self.port
+
+    @property
+    def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        try:
+            return ipaddress.ip_address(self.host)
+        except ValueError:
+            return None
+
+    @property
+    def service_namespace(self) -> str | None:
+        """The namespace of a cluster Service named by its DNS name, else None."""
+        m = SERVICE_HOST.match(self.host)
+        return m.group(2) if m else None
+
+
+@dataclass(frozen=True)
+class AnswerCacheSpec(Peer):
+    """Redis answers repeated deterministic requests (temperature 0 or a seed)."""
+
+    # Secret (this namespace) whose data key `password` is Redis's password.
+    password_secret_name: str | None = None
+    ttl_seconds: int = contract.DEFAULT_CACHE_TTL_SECONDS
+
+
+@dataclass(frozen=True)
+class OverflowSpec(Peer):
+    """An OpenAI-compatible upstream that answers what the admission limit turns away."""
+
+    # Secret (this namespace) whose data key `apiKey` is the upstream's key.
+    api_key_secret_name: str | None = None
+    # Secret (this namespace) whose data key `ca.crt` signs an https upstream's certificate.
+    ca_secret_name: str | None = None
+    # None: the server's own request timeout.
+    timeout_seconds: int | None = None
+    # Mask personal data in the requests sent upstream (render: --redact-overflow-requests).
+    redact_requests: bool = False
+
+
+@dataclass(frozen=True)
+class LoggingSpec:
+    # Mask personal data in the server's (or the gateway's) log lines (--redact-logs).
+    redact: bool = False
+
+
 @dataclass(frozen=True)
 class ClawdbotSpec:
     enabled: bool = True
@@ -246,6 +324,9 @@ class Spec:
     tls: TlsSpec = field(default_factory=TlsSpec)
     auth: AuthSpec = field(default_factory=AuthSpec)
     clawdbot: ClawdbotSpec = field(default_factory=ClawdbotSpec)
+    answer_cache: AnswerCacheSpec | None = None
+    overflow: OverflowSpec | None = None
+    logging: LoggingSpec = field(default_factory=LoggingSpec)
 
     # --- derived names, so every renderer agrees on them ---
     @property
@@ -417,6 +498,29 @@ def _auth(au: dict[str, Any]) -> AuthSpec:
                              rotation=("rotation", int)))
 
 
+def _peer_fields(p: dict[str, Any]) -> dict[str, Any]:
+    return {"egress_to": tuple(p.get("egressTo") or ()),
+            **_given(p, egress_port=("egressPort", int))}
+
+
+def _answer_cache(c: dict[str, Any] | None) -> AnswerCacheSpec | None:
+    if c is None:
+        return None
+    return AnswerCacheSpec(url=c.get("redisUrl", ""), **_peer_fields(c),
+                           **_given(c, password_secret_name=("passwordSecretName", str),
+                                    ttl_seconds=("ttlSeconds", int)))
+
+
+def _overflow(o: dict[str, Any] | None) -> OverflowSpec | None:
+    if o is None:
+        return None
+    return OverflowSpec(url=o.get("url", ""), **_peer_fields(o),
+                        **_given(o, api_key_secret_name=("apiKeySecretName", str),
+                                 ca_secret_name=("caSecretName", str),
+                                 timeout_seconds=("timeoutSeconds", int),
+                                 redact_requests=("redactRequests", bool)))
+
+
 def parse(name: str, namespace: str, uid: str, spec: dict[str, Any]) -> Spec:
     """Build the typed Spec from the CR's `spec` dict (already schema-validated)."""
     def section(key: str) -> dict[str, Any]:
@@ -439,5 +543,8 @@ def parse(name: str, namespace: str, uid: str, spec: dict[str, Any]) -> Spec:
         auth=_auth(section("auth")),
         clawdbot=ClawdbotSpec(**_given(section("clawdbot"), enabled=("enabled", bool),
                                        provider_name=("providerName", str))),
+        answer_cache=_answer_cache(spec.get("answerCache")),
+        overflow=_overflow(spec.get("overflow")),
+        logging=LoggingSpec(**_given(section("logging"), redact=("redact", bool))),
         **_given(spec, replicas=("replicas", int)),
     )

@@ -102,6 +102,43 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("api-key-count", {"auth": {"apiKeys": {"count": 0}}}, "spec.auth.apiKeys.count"),
     ("unknown-field", {"gpuCount": 1}, "spec.gpuCount"),
     ("unknown-nested-field", {"model": {"sourceUrl": "hf://a/b"}}, "spec.model.sourceUrl"),
+    # the answer cache, overflow and redaction (render/server_features.py)
+    ("cache-without-url", {"answerCache": {"ttlSeconds": 60}}, "spec.answerCache.redisUrl"),
+    ("cache-password-without-url", {"answerCache": {"passwordSecretName": "redis"}},
+     "spec.answerCache.redisUrl"),
+    ("cache-http-url", {"answerCache": {"redisUrl": "http://10.0.0.5:6379"}},
+     "spec.answerCache.redisUrl"),
+    ("cache-url-with-password",
+     {"answerCache": {"redisUrl": "redis://:hunter2@10.0.0.5:6379"}},
+     "spec.answerCache.redisUrl"),
+    ("cache-ttl-zero", {"answerCache": {"redisUrl": "redis://10.0.0.5", "ttlSeconds": 0}},
+     "spec.answerCache.ttlSeconds"),
+    ("cache-host-without-peer", {"answerCache": {"redisUrl": "redis://redis.lan:6379"}},
+     "spec.answerCache.egressTo"),
+    ("cache-egress-not-cidr",
+     {"answerCache": {"redisUrl": "redis://redis.lan", "egressTo": ["redis.lan"]}},
+     "spec.answerCache.egressTo"),
+    ("overflow-without-url", {"overflow": {"apiKeySecretName": "cloud-key"}},
+     "spec.overflow.url"),
+    ("redact-requests-without-overflow-url", {"overflow": {"redactRequests": True}},
+     "spec.overflow.url"),
+    ("overflow-ftp-url", {"overflow": {"url": "ftp://10.0.0.9/v1"}}, "spec.overflow.url"),
+    ("overflow-url-with-user", {"overflow": {"url": "https://me:pw@10.0.0.9/v1"}},
+     "spec.overflow.url"),
+    ("overflow-port-too-big", {"overflow": {"url": "http://10.0.0.9:70000/v1"}},
+     "spec.overflow.url"),
+    ("overflow-host-without-peer", {"overflow": {"url": "https://api.cloud.example/v1"}},
+     "spec.overflow.egressTo"),
+    ("overflow-ca-for-http",
+     {"overflow": {"url": "http://big.models.svc:8080/v1", "caSecretName": "big-tls"}},
+     "spec.overflow.caSecretName"),
+    ("overflow-timeout-zero",
+     {"overflow": {"url": "http://10.0.0.9/v1", "timeoutSeconds": 0}},
+     "spec.overflow.timeoutSeconds"),
+    ("overflow-egress-port-zero",
+     {"overflow": {"url": "http://big.models.svc/v1", "egressPort": 0}},
+     "spec.overflow.egressPort"),
+    ("logging-unknown", {"logging": {"redactPrompts": True}}, "spec.logging.redactPrompts"),
 ]
 
 # Valid object names (DNS subdomains) that the model's Service or labels cannot carry.
@@ -142,6 +179,26 @@ def test_the_good_base_manifest_is_accepted(kubectl, namespace, crd) -> None:  #
     """The corpus only proves something if its valid base passes."""
     apply(kubectl, namespace, manifest("good", {"autoscaling": {"maxReplicas": 2}}))
     assert len(items(kubectl, namespace, "modeldeployments")) == 1
+
+
+def test_cache_overflow_and_redaction_are_accepted(kubectl, namespace, crd) -> None:  # noqa: F811
+    """The corpus's valid neighbours: each host form that gives the NetworkPolicy a peer
+    (an IP, a Service name, egressTo), a host name with no NetworkPolicy at all, and every
+    field together."""
+    apply(kubectl, namespace, manifest("cache-ip", {"answerCache": {
+        "redisUrl": "redis://10.0.0.5", "passwordSecretName": "redis", "ttlSeconds": 60}}))
+    apply(kubectl, namespace, manifest("cache-ipv6", {"answerCache": {
+        "redisUrl": "redis://[fd00::5]:6380/1"}}))
+    apply(kubectl, namespace, manifest("overflow-svc", {"overflow": {
+        "url": "https://big.models.svc.cluster.local:8080/v1", "apiKeySecretName": "key",
+        "caSecretName": "big-tls", "timeoutSeconds": 30, "redactRequests": True,
+        "egressPort": 8443}, "logging": {"redact": True}}))
+    apply(kubectl, namespace, manifest("overflow-cloud", {"overflow": {
+        "url": "https://api.cloud.example/v1", "egressTo": ["203.0.113.0/24"]}}))
+    apply(kubectl, namespace, manifest("overflow-no-policy", {
+        "overflow": {"url": "https://api.cloud.example/v1"},
+        "network": {"networkPolicy": False}}))
+    assert len(items(kubectl, namespace, "modeldeployments")) == 5
 
 
 def test_tls_for_tgi_and_port_8001_for_builtin_are_accepted(kubectl, namespace,  # noqa: F811

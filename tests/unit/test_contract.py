@@ -17,6 +17,11 @@ from helpers_operator import container, inputs
 from modeldeploy import contract
 from modeldeploy.constants import AUTH_DIR, ENGINE_LOOPBACK_PORT, TLS_DIR
 from modeldeploy.render import desired
+from modeldeploy.render.server_features import (
+    OVERFLOW_API_KEY_FILE,
+    OVERFLOW_CA_FILE,
+    REDIS_PASSWORD_FILE,
+)
 from modeldeploy.spec import Spec, parse
 from modelserver.config import Checksum, Settings, settings_from_args
 
@@ -78,6 +83,27 @@ def expected_security(spec: Spec) -> dict[str, Any]:
         "allow_cidr": list(spec.network.allow_from.server_cidrs),
         "trusted_proxy_cidr": list(spec.network.ingress.trusted_proxies
                                    if spec.network.ingress else ()),
+        **expected_features(spec),
+    }
+
+
+def expected_features(spec: Spec) -> dict[str, Any]:
+    """The answer cache, overflow and redaction settings `serve` and `gateway` both take;
+    unset sections leave the server's own defaults (which are contract's)."""
+    cache, overflow = spec.answer_cache, spec.overflow
+    return {
+        "redact_logs": spec.logging.redact,
+        "cache_redis_url": cache.url if cache else None,
+        "cache_ttl": cache.ttl_seconds if cache else contract.DEFAULT_CACHE_TTL_SECONDS,
+        "cache_redis_password_file":
+            REDIS_PASSWORD_FILE if cache and cache.password_secret_name else None,
+        "overflow_url": overflow.url if overflow else None,
+        "overflow_api_key_file":
+            OVERFLOW_API_KEY_FILE if overflow and overflow.api_key_secret_name else None,
+        "overflow_ca_file": OVERFLOW_CA_FILE if overflow and overflow.ca_secret_name else None,
+        "overflow_timeout": (float(overflow.timeout_seconds)
+                             if overflow and overflow.timeout_seconds is not None else None),
+        "redact_overflow_requests": bool(overflow and overflow.redact_requests),
     }
 
 
@@ -154,6 +180,13 @@ OPTIONS: list[dict[str, Any]] = [
     {"tls": {"minVersion": "1.2"}},
     {"auth": {"enabled": False}},
     {"auth": {"apiKeys": {"count": 3}}},
+    {"logging": {"redact": True}},
+    {"answerCache": {"redisUrl": "redis://redis.cache.svc:6380/1"}},
+    {"answerCache": {"redisUrl": "redis://10.0.0.5", "passwordSecretName": "redis",
+                     "ttlSeconds": 90}},
+    {"overflow": {"url": "http://10.0.0.9/v1"}},
+    {"overflow": {"url": "https://big.models.svc:8080/v1", "apiKeySecretName": "key",
+                  "caSecretName": "big-tls", "timeoutSeconds": 30, "redactRequests": True}},
 ]
 
 
@@ -170,7 +203,8 @@ def test_unset_options_are_the_servers_own_defaults(monkeypatch: pytest.MonkeyPa
     _, settings = server_settings(container(deployment_of(spec)), monkeypatch)
     server = Settings()
     for key in ("port", "dtype", "quantization", "max_batch_size", "max_concurrent_requests",
-                "tool_call_parser", "tls_min_version"):
+                "tool_call_parser", "tls_min_version", "cache_ttl", "redact_logs",
+                "overflow_timeout", "redact_overflow_requests"):
         assert getattr(settings, key) == getattr(server, key), key
 
 
@@ -194,7 +228,8 @@ GATEWAY_ENGINES = ("vllm", "tgi")
 
 def as_engine(spec: dict[str, Any], kind: str) -> dict[str, Any]:
     """The same spec served by vLLM or TGI; the gateway's flags come only from network,
-    TLS, auth and the admission limit, so the engine's own options go."""
+    TLS, auth, the admission limit, the answer cache, overflow and logging, so the
+    engine's own options go."""
     spec = copy.deepcopy(spec)
     spec["engine"] = {"kind": kind}
     spec.pop("defaults", None)
@@ -216,11 +251,13 @@ def expected_gateway(spec: Spec) -> dict[str, Any]:
 def assert_gateway_serves(spec: Spec, monkeypatch: pytest.MonkeyPatch) -> None:
     command, settings = server_settings(gateway_container(spec), monkeypatch)
     assert command == "gateway"
+    settings.validate()  # the combination is one the gateway starts with
     got = {key: getattr(settings, key) for key in expected_gateway(spec)}
     assert got == expected_gateway(spec)
 
 
-GATEWAY_OPTIONS = [o for o in OPTIONS if set(o) <= {"network", "tls", "auth"}]
+GATEWAY_OPTIONS = [o for o in OPTIONS
+                   if set(o) <= {"network", "tls", "auth", "logging", "answerCache", "overflow"}]
 
 
 @pytest.mark.parametrize("kind", GATEWAY_ENGINES)

@@ -42,12 +42,11 @@ def build_app(settings: Settings) -> Any:
     if settings.cache_redis_url:
         from .cache import ResponseCache
 
-        app.state.cache = ResponseCache(settings.cache_redis_url, settings.cache_ttl, metrics)
+        app.state.cache = ResponseCache.from_settings(settings, metrics)
     if settings.overflow_url:
         from .overflow import Overflow
 
-        app.state.overflow = Overflow(settings.overflow_url, settings.overflow_api_key_file,
-                                      metrics, settings.request_timeout)
+        app.state.overflow = Overflow.from_settings(settings, metrics)
 
     errors.install(app)
 

@@ -2,15 +2,18 @@
 
 The key is a hash of the served model and the normalized request; the value is the
 finished result (text, tool calls, finish reason, usage), from which either response
-form is rebuilt. Redis being down never fails a request: the cache is skipped."""
+form is rebuilt. Redis being down (or refusing the password) never fails a request: the
+cache is skipped."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .config import ListenerSettings
 from .metrics import CacheMetrics
 
 if TYPE_CHECKING:  # the gateway uses this module without loading torch
@@ -20,14 +23,29 @@ log = logging.getLogger("modelserver.cache")
 
 
 class ResponseCache:
-    def __init__(self, url: str, ttl: int, metrics: CacheMetrics) -> None:
+    def __init__(self, url: str, ttl: int, metrics: CacheMetrics,
+                 password: str | None = None) -> None:
         self.url, self.ttl, self.metrics = url, ttl, metrics
+        self._password = password
         self._redis: Any = None
+
+    @classmethod
+    def from_settings(cls, settings: ListenerSettings, metrics: CacheMetrics) -> ResponseCache:
+        """The cache `serve` and `gateway` both run, from their shared flags. The password
+        comes from a file (a mounted Secret), never from the URL or an argument."""
+        assert settings.cache_redis_url
+        password = None
+        if settings.cache_redis_password_file:
+            lines = Path(settings.cache_redis_password_file).read_text().splitlines()
+            password = lines[0].strip() if lines else ""
+        return cls(settings.cache_redis_url, settings.cache_ttl, metrics, password)
 
     async def connect(self) -> None:
         import redis.asyncio as redis
 
-        self._redis = redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+        kw = {} if self._password is None else {"password": self._password}
+        self._redis = redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2,
+                                     **kw)
 
     @staticmethod
     def cacheable(params: SamplingParams) -> bool:

@@ -91,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fetch_cmd(settings)
     try:
         settings.validate()
+        settings.check_files()
     except ConfigError as exc:
         return stop(2, f"modelserver: {exc}")
     if command == "gateway":

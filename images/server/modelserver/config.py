@@ -20,6 +20,8 @@ from modeldeploy import contract
 from modeldeploy.constants import SERVER_MAX_BODY_BYTES, SERVER_REQUEST_TIMEOUT_SECONDS
 
 ENV_PREFIX = "MODELSERVER_"
+# redis-py's URL schemes (redis.from_url): plain, TLS, and a Unix socket.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class ConfigError(ValueError):
@@ -67,9 +69,13 @@ class ListenerSettings:
     request_timeout: float = float(SERVER_REQUEST_TIMEOUT_SECONDS)
     redact_logs: bool = False
     cache_redis_url: str | None = None
-    cache_ttl: int = 3600
+    cache_redis_password_file: str | None = None
+    cache_ttl: int = contract.DEFAULT_CACHE_TTL_SECONDS
     overflow_url: str | None = None
     overflow_api_key_file: str | None = None
+    overflow_ca_file: str | None = None
+    overflow_timeout: float | None = None  # None: --request-timeout
+    redact_overflow_requests: bool = False
     log_level: str = "info"
 
     def validate_listener(self) -> None:
@@ -90,11 +96,11 @@ class ListenerSettings:
         if self.tls_min_version not in contract.TLS_VERSIONS:
             raise ConfigError(f"--tls-min-version {self.tls_min_version!r}: one of "
                               f"{', '.join(contract.TLS_VERSIONS)}")
-        for name in ("port", "max_body_bytes"):
+        for name in ("port", "max_body_bytes", "cache_ttl"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.overflow_api_key_file and not self.overflow_url:
-            raise ConfigError("--overflow-api-key-file needs --overflow-url")
+        self._validate_cache()
+        self._validate_overflow()
         for flag, cidrs in (("allow-cidr", self.allow_cidr),
                             ("trusted-proxy-cidr", self.trusted_proxy_cidr)):
             for cidr in cidrs:
@@ -103,6 +109,48 @@ class ListenerSettings:
                 except ValueError:
                     raise ConfigError(f"--{flag} {cidr!r}: not a CIDR such as 10.0.0.0/8 "
                                       "or fd00::/8") from None
+
+    def _validate_cache(self) -> None:
+        if self.cache_redis_password_file and not self.cache_redis_url:
+            raise ConfigError("--cache-redis-password-file needs --cache-redis-url")
+        if self.cache_redis_url:
+            url = urlsplit(self.cache_redis_url)
+            if url.scheme not in REDIS_SCHEMES or not (url.hostname or url.path):
+                raise ConfigError(f"--cache-redis-url {self.cache_redis_url!r}: a "
+                                  f"{', '.join(s + '://' for s in REDIS_SCHEMES)} URL such "
+                                  "as redis://10.0.0.5:6379/0")
+
+    def _validate_overflow(self) -> None:
+        for flag, value in (("overflow-api-key-file", self.overflow_api_key_file),
+                            ("overflow-ca-file", self.overflow_ca_file),
+                            ("overflow-timeout", self.overflow_timeout),
+                            ("redact-overflow-requests", self.redact_overflow_requests)):
+            if value and not self.overflow_url:
+                raise ConfigError(f"--{flag} needs --overflow-url")
+        if self.overflow_url:
+            url = urlsplit(self.overflow_url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ConfigError(f"--overflow-url {self.overflow_url!r}: an http:// or "
+                                  "https:// OpenAI base URL such as https://host:8080/v1")
+            if self.overflow_ca_file and url.scheme != "https":
+                raise ConfigError("--overflow-ca-file needs an https:// --overflow-url")
+        if self.overflow_timeout is not None and self.overflow_timeout <= 0:
+            raise ConfigError("--overflow-timeout must be above 0 seconds")
+
+    def check_files(self) -> None:
+        """Files read once at start (a password, a CA) are checked before serving, so a
+        missing mount stops the server naming the flag, not the first request; validate()
+        judges the flags alone, with no I/O."""
+        for flag, path in (("cache-redis-password-file", self.cache_redis_password_file),
+                           ("overflow-ca-file", self.overflow_ca_file)):
+            if path and not os.access(path, os.R_OK):
+                raise ConfigError(f"--{flag} {path!r}: no such readable file")
+
+    @property
+    def overflow_timeout_seconds(self) -> float:
+        """How long the upstream may take: --overflow-timeout, else --request-timeout."""
+        return self.overflow_timeout if self.overflow_timeout is not None \
+            else self.request_timeout
 
 
 @dataclass(frozen=True)
@@ -226,9 +274,17 @@ def _listener_flags(p: argparse.ArgumentParser) -> None:
     _add(p, "request-timeout", float, default=d.request_timeout)
     _add(p, "redact-logs", action="store_true", help="mask personal data in all log lines")
     _add(p, "cache-redis-url", help="redis://… response cache for deterministic requests")
-    _add(p, "cache-ttl", int, default=d.cache_ttl)
+    _add(p, "cache-redis-password-file", help="Redis's password (first line), read at start")
+    _add(p, "cache-ttl", int, default=d.cache_ttl, help="seconds a cached answer lives")
     _add(p, "overflow-url", help="OpenAI-compatible base URL used when the queue is full")
-    _add(p, "overflow-api-key-file")
+    _add(p, "overflow-api-key-file", help="the upstream's key (first line), read per request")
+    _add(p, "overflow-ca-file", help="CA that signs an https upstream's certificate "
+                                     "(instead of the system's)")
+    _add(p, "overflow-timeout", float,
+         help="seconds the upstream may take before the request gets 429 "
+              "(default: --request-timeout)")
+    _add(p, "redact-overflow-requests", action="store_true",
+         help="mask personal data in the messages sent to the overflow upstream")
     _add(p, "log-level", default=d.log_level)
 
 

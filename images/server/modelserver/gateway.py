@@ -103,12 +103,11 @@ def build_gateway_app(settings: GatewaySettings) -> ASGIApp:
     if settings.cache_redis_url:
         from .cache import ResponseCache
 
-        cache = ResponseCache(settings.cache_redis_url, settings.cache_ttl, metrics)
+        cache = ResponseCache.from_settings(settings, metrics)
     if settings.overflow_url:
         from .overflow import Overflow
 
-        overflow = Overflow(settings.overflow_url, settings.overflow_api_key_file, metrics,
-                            settings.request_timeout)
+        overflow = Overflow.from_settings(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

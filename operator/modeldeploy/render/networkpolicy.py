@@ -4,7 +4,13 @@ Allowed: `network.allowFrom` (namespaces, pods, CIDRs; the same namespace when i
 empty), the operator's namespace (health checks) and, with an Ingress, the ingress
 controller's namespace. The Prometheus namespaces the operator was given
 (--scraper-namespace) get a rule of their own, to the serving port only (where /metrics is).
-Egress: DNS, plus HTTPS when the model is downloaded.
+Egress: DNS, HTTPS when the model is downloaded, and exactly the peer and port of each
+server the pods call: Redis (answerCache) and the overflow upstream. Nothing else opens.
+A peer comes from the URL's host: an IP address gives that one address (/32 or /128); a
+Service name NAME.NAMESPACE.svc[.cluster.local] gives the pods of that namespace (a policy
+sees the packet after the Service's address translation, so the port is the pod's:
+egressPort when it is not the URL's); any other host needs egressTo (the CRD refuses it
+without), which replaces the derived peer whenever it is given.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from modeldeploy.render.meta import metadata, selector_labels
-from modeldeploy.spec import Spec
+from modeldeploy.spec import Peer, Spec
 
 NS_LABEL = "kubernetes.io/metadata.name"
 
@@ -20,6 +26,35 @@ NS_LABEL = "kubernetes.io/metadata.name"
 def _ns_peer(names: list[str]) -> dict[str, Any]:
     return {"namespaceSelector": {"matchExpressions": [
         {"key": NS_LABEL, "operator": "In", "values": sorted(set(names))}]}}
+
+
+def _peer_rule(field: str, peer: Peer) -> dict[str, Any]:
+    """Egress to one server the pods call; ValueError naming the field when its host gives
+    no peer (the CRD refuses that; `modeldeploy render -f` reads files it never saw)."""
+    if peer.egress_to:
+        to = [{"ipBlock": {"cidr": cidr}} for cidr in peer.egress_to]
+    elif peer.ip is not None:
+        to = [{"ipBlock": {"cidr": f"{peer.ip}/{peer.ip.max_prefixlen}"}}]
+    elif peer.service_namespace is not None:
+        to = [_ns_peer([peer.service_namespace])]
+    else:
+        raise ValueError(f"spec.{field}: host {peer.host!r} is neither an IP address nor a "
+                         "Service name NAME.NAMESPACE.svc[.cluster.local]; list its "
+                         "addresses in egressTo")
+    return {"to": to, "ports": [{"protocol": "TCP", "port": peer.policy_port}]}
+
+
+def egress_rules(spec: Spec) -> list[dict[str, Any]]:
+    egress: list[dict[str, Any]] = [{
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    }]
+    if spec.model.needs_network:
+        egress.append({"ports": [{"protocol": "TCP", "port": 443}]})
+    if spec.answer_cache is not None:
+        egress.append(_peer_rule("answerCache.redisUrl", spec.answer_cache))
+    if spec.overflow is not None:
+        egress.append(_peer_rule("overflow.url", spec.overflow))
+    return egress
 
 
 def render(spec: Spec, operator_namespace: str,
@@ -41,11 +76,6 @@ def render(spec: Spec, operator_namespace: str,
     ingress = [{"from": peers, "ports": port}]
     if scraper_namespaces:
         ingress.append({"from": [_ns_peer(list(scraper_namespaces))], "ports": port})
-    egress: list[dict[str, Any]] = [{
-        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
-    }]
-    if spec.model.needs_network:
-        egress.append({"ports": [{"protocol": "TCP", "port": 443}]})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -54,6 +84,6 @@ def render(spec: Spec, operator_namespace: str,
             "podSelector": {"matchLabels": selector_labels(spec)},
             "policyTypes": ["Ingress", "Egress"],
             "ingress": ingress,
-            "egress": egress,
+            "egress": egress_rules(spec),
         },
     }

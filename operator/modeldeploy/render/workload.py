@@ -17,6 +17,7 @@ from modeldeploy.constants import HOME_DIR, IMAGE_UID, PVC_MODELS_DIR
 from modeldeploy.render import engines, gateway
 from modeldeploy.render.engines.engine_plan import EnginePlan, FetchPlan
 from modeldeploy.render.meta import metadata, pod_labels, selector_labels
+from modeldeploy.render.server_features import feature_volumes
 from modeldeploy.render.server_security import security_volumes
 from modeldeploy.spec import Spec
 
@@ -219,13 +220,21 @@ def _container(name: str, image: str, command: list[str] | None, args: list[str]
     return c
 
 
+def serving_volumes(spec: Spec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The Secrets the serving container's flags name: TLS and API keys, the Redis
+    password, the overflow upstream's key and CA."""
+    sec_vols, sec_mounts = security_volumes(spec)
+    feat_vols, feat_mounts = feature_volumes(spec)
+    return [*sec_vols, *feat_vols], [*sec_mounts, *feat_mounts]
+
+
 def serving(spec: Spec, c: dict[str, Any], container_probes: dict[str, Any]) -> dict[str, Any]:
     """The container that serves network.port: it gets the port, the probes (the Service
-    and the kubelet reach it there) and the TLS and API key mounts its flags name."""
+    and the kubelet reach it there) and the Secret mounts its flags name."""
     return {**c,
             "ports": [{"name": PORT_NAME, "containerPort": spec.network.port,
                        "protocol": "TCP"}],
-            "volumeMounts": [*c["volumeMounts"], *security_volumes(spec)[1]],
+            "volumeMounts": [*c["volumeMounts"], *serving_volumes(spec)[1]],
             **container_probes}
 
 
@@ -250,7 +259,7 @@ def containers(spec: Spec, plan: EnginePlan, mounts: list[dict[str, Any]],
 def render(spec: Spec) -> dict[str, Any]:
     plan = engines.plan(spec)
     vols, mounts = volumes_and_mounts(spec)
-    vols += security_volumes(spec)[0]
+    vols += serving_volumes(spec)[0]
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from modeldeploy import contract
 from modeldeploy.constants import DEFAULT_IMAGE
 from modeldeploy.render.engines.engine_plan import EnginePlan, FetchPlan
+from modeldeploy.render.server_features import feature_args
 from modeldeploy.render.server_security import security_args
 from modeldeploy.spec import Spec
 
@@ -71,6 +72,7 @@ def plan(spec: Spec) -> EnginePlan:
     args += ["--tool-call-parser",
              e.tool_call_parser or contract.DEFAULT_BUILTIN_TOOL_CALL_PARSER]
     args += security_args(spec)
+    args += feature_args(spec)
     args += ["--model-cache-dir", spec.cache_dir, *checksum_args(spec)]
     return EnginePlan(
         image=DEFAULT_IMAGE,

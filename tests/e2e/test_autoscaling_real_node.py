@@ -33,7 +33,7 @@ from node_helpers import (
     tiny_model,
     wait,
 )
-from operator_helpers import free_port, operator_args
+from operator_helpers import crd, free_port, operator_args  # noqa: F401 - crd: a fixture
 from pins import HELM, KUBE_VERSION
 from test_last_mile import host_lan, md, pods_of, secret_value, wait_ready
 
@@ -109,6 +109,7 @@ def ready_replicas(kubectl, ns: str) -> int:
     return int(dep.get("status", {}).get("readyReplicas") or 0)
 
 
+@pytest.mark.usefixtures("crd")
 def test_hpa_scales_up_and_down_on_inflight_requests(kubectl, namespace: str, run_operator,
                                                     tmp_path: Path) -> None:
     env = node_env()

@@ -43,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=4, help="parallel reconciles")
     run.add_argument("--metrics-port", type=int, default=0,
                      help="serve Prometheus metrics on this port (0: off)")
+    run.add_argument("--metrics-api-port", type=int, default=0,
+                     help="serve custom.metrics.k8s.io/v1beta2 (the HPA's LLM gauges, read "
+                          "from the model pods' /metrics) over HTTPS on this port; needs "
+                          "the APIService v1beta2.custom.metrics.k8s.io routed to this "
+                          "operator (chart: metricsApi.enabled). 0: off")
+    run.add_argument("--metrics-api-bind-address", default="0.0.0.0", metavar="ADDRESS",
+                     help="address the metrics API listens on (default: every interface)")
     run.add_argument("--health-port", type=int, default=0,
                      help="serve the liveness probe on http://0.0.0.0:PORT/healthz (0: off)")
     run.add_argument("--leader-election", action="store_true",
@@ -109,6 +116,20 @@ def _labels(values: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+def metrics_api_flags(port: int, bind_address: str) -> tuple[int, str]:
+    """--metrics-api-port/--metrics-api-bind-address, checked; SystemExit naming the flag."""
+    import ipaddress
+
+    if not 0 <= port <= 65535:
+        raise SystemExit(f"--metrics-api-port {port}: expected 0 (off) to 65535")
+    try:
+        ipaddress.ip_address(bind_address)
+    except ValueError:
+        raise SystemExit(f"--metrics-api-bind-address {bind_address!r}: not an IP "
+                         "address") from None
+    return port, bind_address
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import kopf
 
@@ -132,6 +153,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     CONFIG.leader_election = args.leader_election
     CONFIG.lease_name = args.lease_name
     CONFIG.lease_seconds = args.lease_seconds
+    CONFIG.metrics_api_port, CONFIG.metrics_api_bind_address = metrics_api_flags(
+        args.metrics_api_port, args.metrics_api_bind_address)
     kopf.configure(verbose=args.verbose,
                    log_format=kopf.LogFormat.JSON if args.log_format == "json"
                    else kopf.LogFormat.PLAIN)

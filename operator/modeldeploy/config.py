@@ -37,6 +37,9 @@ class Config:
     scraper_namespaces: tuple[str, ...] = ()
     # Extra labels on every PodMonitor, e.g. what a Prometheus' podMonitorSelector matches.
     pod_monitor_labels: dict[str, str] = field(default_factory=dict)
+    # The custom metrics API for the HPA (metricsapi_server.py): 0 = not served.
+    metrics_api_port: int = 0
+    metrics_api_bind_address: str = "0.0.0.0"
 
 
 CONFIG = Config()

@@ -85,6 +85,12 @@ class Controller:
         for i in range(self.config.workers):
             self._spawn(self._worker(i))
         self._spawn(self._resync())
+        if self.config.metrics_api_port:
+            # Every replica serves it (informers run on all; reads need no lease).
+            from modeldeploy import metricsapi_server
+
+            self._spawn(metricsapi_server.serve(self, self.config.metrics_api_port,
+                                                self.config.metrics_api_bind_address))
 
     async def _wait_synced(self) -> None:
         started = time.monotonic()

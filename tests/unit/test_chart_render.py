@@ -353,3 +353,52 @@ def test_network_policy_is_optional() -> None:
     assert np["spec"]["policyTypes"] == ["Ingress"]
     assert {p["port"] for p in np["spec"]["ingress"][0]["ports"]} == {"health", "metrics"}
 
+
+
+def test_metrics_api_is_off_by_default() -> None:
+    docs = render()
+    assert not by_kind(docs, "APIService")
+    c = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert not any(a.startswith("--metrics-api") for a in c["args"])
+
+
+def test_metrics_api_reaches_the_operator_and_the_aggregator() -> None:
+    """metricsApi.enabled: the APIService routes to a Service in front of the operator's
+    port, the operator serves that port, and its RBAC covers exactly what
+    metricsapi_server.py reads and writes."""
+    from modeldeploy.cli import build_parser
+    from modeldeploy.custommetrics import APISERVICE_NAME, GROUP, VERSION
+    from modeldeploy.metricsapi_server import AUTH_CONFIGMAP
+
+    docs = render("metricsApi.enabled=true", "metricsApi.port=7443",
+                  "networkPolicy.enabled=true")
+    api = one(docs, "APIService")
+    assert api["metadata"]["name"] == APISERVICE_NAME
+    assert (api["spec"]["group"], api["spec"]["version"]) == (GROUP, VERSION)
+    assert "caBundle" not in api["spec"]  # the operator writes it at start
+    svc = one(docs, "Service", api["spec"]["service"]["name"])
+    assert api["spec"]["service"] == {"name": svc["metadata"]["name"], "namespace": "mdsys",
+                                      "port": svc["spec"]["ports"][0]["port"]}
+    dep = one(docs, "Deployment")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    port = next(p for p in c["ports"] if p["name"] == svc["spec"]["ports"][0]["targetPort"])
+    args = build_parser().parse_args(c["args"])
+    assert args.metrics_api_port == port["containerPort"] == 7443
+    policy = one(docs, "NetworkPolicy")
+    assert {"ports": [{"port": "metrics-api", "protocol": "TCP"}]} in policy["spec"]["ingress"]
+
+    cluster = {"apiGroups": ["apiregistration.k8s.io"], "resources": ["apiservices"],
+               "resourceNames": [APISERVICE_NAME], "verbs": ["get", "patch"]}
+    assert one(docs, "ClusterRole", "rel-modeldeploy-metrics-api")["rules"] == [cluster]
+    auth = one(docs, "Role", "rel-modeldeploy-metrics-api-auth")
+    assert auth["metadata"]["namespace"] == AUTH_CONFIGMAP[0]
+    assert auth["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
+                              "resourceNames": [AUTH_CONFIGMAP[1]], "verbs": ["get"]}]
+    bindings = [b for b in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding")
+                if b["roleRef"]["name"].endswith(("metrics-api", "metrics-api-auth"))]
+    assert sorted(b["roleRef"]["name"] for b in bindings) == [
+        "rel-modeldeploy-metrics-api", "rel-modeldeploy-metrics-api-auth"]
+    # No token or access reviews are made, so no system:auth-delegator.
+    assert not any(b["roleRef"]["name"] == "system:auth-delegator"
+                   for b in by_kind(docs, "ClusterRoleBinding"))

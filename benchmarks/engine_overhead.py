@@ -27,6 +27,9 @@ engine's methods from here; the engine's code is not changed), the cost of re-de
 the whole output on every token against the output length, and what the installed
 transformers offers that engine/core.py's opening premise says it lacks.
 
+`--numerics N` instead compares the greedy tokens of N requests (N different prompt
+lengths) run one at a time and run together, in the engine and in transformers' CB.
+
     python benchmarks/engine_overhead.py --out benchmarks/results/engine-overhead.json
 """
 
@@ -199,11 +202,13 @@ class InProcessEngine:
                              prefix_cache_entries=0)
         self.engine.start()
 
-    def run(self, plist: list[list[int]], out_tokens: int) -> dict[str, Any]:
+    def run(self, plist: list[list[int]], out_tokens: int,
+            keep_ids: bool = False) -> dict[str, Any]:
         from modelserver.engine.core import Event, FinalEvent, Request, TokenEvent
         from modelserver.engine.sampling import SamplingParams
 
         c = len(plist)
+        generated: list[list[int]] = [[] for _ in plist]
         first = [0.0] * c
         last = [0.0] * c
         counts = [0] * c
@@ -217,6 +222,7 @@ class InProcessEngine:
                     if not counts[i]:
                         first[i] = now
                     counts[i] += 1
+                    generated[i].append(e.id)
                     last[i] = now
                 else:
                     if not isinstance(e, FinalEvent):
@@ -234,8 +240,9 @@ class InProcessEngine:
         t_end = time.perf_counter()
         if errors:
             raise RuntimeError(f"engine failed: {errors[0]}")
+        extra = {"generated": generated} if keep_ids else {}
         return record(c, out_tokens, t0, t_end, first, last, sum(counts),
-                      engine_steps=self.engine.stats.steps - steps0)
+                      engine_steps=self.engine.stats.steps - steps0, **extra)
 
     def stop(self) -> None:
         self.engine.stop()
@@ -316,7 +323,8 @@ class TransformersCB:
         self.attn = self.model.config._attn_implementation
         self.counter = 0
 
-    def run(self, plist: list[list[int]], out_tokens: int) -> dict[str, Any]:
+    def run(self, plist: list[list[int]], out_tokens: int,
+            keep_ids: bool = False) -> dict[str, Any]:
         c = len(plist)
         ids = []
         t0 = time.perf_counter()
@@ -334,9 +342,10 @@ class TransformersCB:
                 results[res.request_id] = res
         t_end = time.perf_counter()
         rs = [results[i] for i in ids]
+        extra = {"generated": [list(r.generated_tokens) for r in rs]} if keep_ids else {}
         return record(c, out_tokens, t0, t_end, [r.timestamps[0] for r in rs],
                       [r.timestamps[-1] for r in rs], sum(len(r.generated_tokens) for r in rs),
-                      attn_implementation=self.attn)
+                      attn_implementation=self.attn, **extra)
 
     def stop(self) -> None:
         self.manager.stop(block=True, timeout=30)
@@ -474,6 +483,33 @@ def detok_scaling(tokenizer: Any, vocab: int, lengths: list[int],
     return {"per_call": per_call, "whole_output_redecode": totals}
 
 
+def numerics(path: Path, n: int, prompt_len: int, out_tokens: int, vocab: int,
+             seed: int) -> dict[str, Any]:
+    """Greedy tokens of n requests run one at a time against the same n run together,
+    prompts of n different lengths (so the engine pads rows and CB mixes page layouts):
+    does batch composition change the output? engine/core.py's premise says transformers'
+    CB does on CPU."""
+    lengths = [max(1, prompt_len - 3 * i) for i in range(n)]
+    plist = [prompts(1, m, vocab, seed=seed + i)[0] for i, m in enumerate(lengths)]
+    out: dict[str, Any] = {"requests": n, "prompt_lengths": lengths,
+                           "output_tokens": out_tokens}
+    for name, make in (("engine", lambda: InProcessEngine(path, n)),
+                       ("cb", lambda: TransformersCB(path, n, prompt_len, out_tokens))):
+        runner = make()
+        try:
+            runner.run([plist[0]], 2)  # warm-up
+            solo = [runner.run([p], out_tokens, keep_ids=True)["generated"][0] for p in plist]
+            together = runner.run(plist, out_tokens, keep_ids=True)["generated"]
+        finally:
+            runner.stop()
+        diverge = [next((j for j, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), None)
+                   for a, b in zip(solo, together, strict=True)]
+        out[name] = {"identical": sum(d is None for d in diverge),
+                     "first_divergence": diverge}
+        log(f"numerics {name}: {out[name]['identical']}/{n} identical alone and together")
+    return out
+
+
 # --------------------------------------------------------------------------- premise
 
 def premise() -> dict[str, Any]:
@@ -549,8 +585,8 @@ def main(argv: list[str] | None = None) -> int:
                         " tiny: the smoke test's")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--prompt-tokens", type=int, default=32)
-    p.add_argument("--output-tokens", type=int, default=128)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--output-tokens", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     p.add_argument("--profile-concurrency", type=int, nargs="*", default=[8, 32])
     p.add_argument("--detok-lengths", type=int, nargs="*", default=[16, 64, 256, 1024, 4096])
@@ -558,12 +594,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")),
                    help="torch threads for every case (the server gets OMP_NUM_THREADS)")
     p.add_argument("--cache", default=str(CACHE), help="where the model is built once")
+    p.add_argument("--numerics", type=int, default=0, metavar="N",
+                   help="only compare N requests run alone and together (engine, cb): "
+                        "greedy tokens identical or not")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     for name in ("concurrency", "prompt_tokens", "output_tokens", "rounds", "threads"):
         vals = getattr(a, name)
         if any(v < 1 for v in (vals if isinstance(vals, list) else [vals])):
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if a.numerics < 0:
+        p.error("--numerics must be >= 0 (0: the benchmark itself)")
     if a.output_tokens < 2:
         p.error("--output-tokens must be >= 2 (a decode window needs two tokens)")
 
@@ -577,6 +618,14 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoConfig, AutoTokenizer
 
     vocab = AutoConfig.from_pretrained(path).vocab_size  # prompts stay inside the model's
+    if a.numerics:
+        result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                  "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                  "model": a.model, "numerics": numerics(
+                      path, a.numerics, a.prompt_tokens, a.output_tokens, vocab, 10**6)}
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(result, indent=1))
+        return 0
     max_c = max(a.concurrency + a.profile_concurrency)
     logdir = ROOT / ".cache" / "bench-logs"
     logdir.mkdir(parents=True, exist_ok=True)

@@ -84,3 +84,5 @@ bench-load: venv ## peak memory of loading Qwen2.5-1.5B-sized random bf16: whole
 bench-engine: venv ## the builtin engine's per-step overhead vs a static loop, its HTTP server, transformers CB (~10-15 min)
 	$(PY) benchmarks/engine_overhead.py --model small --concurrency 1 8 32 --prompt-tokens 32 \
 	  --output-tokens 64 --rounds 5 --threads 1 --out $(BENCH_OUT)/engine-overhead.json
+	$(PY) benchmarks/engine_overhead.py --model small --numerics 32 --prompt-tokens 128 \
+	  --output-tokens 128 --threads 1 --out $(BENCH_OUT)/engine-overhead-numerics.json

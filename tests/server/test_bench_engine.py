@@ -17,17 +17,20 @@ ROOT = Path(__file__).resolve().parents[2]
 CASES = {"limit", "engine", "server", "cb"}
 
 
-def test_engine_overhead_bench_measures_every_case(tmp_path) -> None:
-    out = tmp_path / "engine.json"
+def bench(*args: str) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT / "operator"), str(ROOT / "images" / "server"),
          os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "engine_overhead.py"),
-                    "--model", "tiny", "--concurrency", "1", "2", "--prompt-tokens", "8",
-                    "--output-tokens", "4", "--rounds", "1", "--profile-concurrency", "2",
-                    "--detok-lengths", "16", "64", "--detok-outputs", "16",
-                    "--cache", str(tmp_path / "cache"), "--out", str(out)],
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "engine_overhead.py"), *args],
                    check=True, timeout=600, env=env)
+
+
+def test_engine_overhead_bench_measures_every_case(tmp_path) -> None:
+    out = tmp_path / "engine.json"
+    bench("--model", "tiny", "--concurrency", "1", "2", "--prompt-tokens", "8",
+          "--output-tokens", "4", "--rounds", "1", "--profile-concurrency", "2",
+          "--detok-lengths", "16", "64", "--detok-outputs", "16",
+          "--cache", str(tmp_path / "cache"), "--out", str(out))
     result = json.loads(out.read_text())
     assert set(result["cases"]) == CASES
     assert [row["c"] for row in result["table"]] == [1, 2]
@@ -59,3 +62,18 @@ def test_engine_overhead_bench_measures_every_case(tmp_path) -> None:
     assert result["premise"]["transformers"]
     assert set(result["premise"]["found"]) >= {"cancellation", "prefix_sharing",
                                                "cuda_graphs", "compile"}
+
+
+def test_numerics_check_compares_alone_and_together(tmp_path) -> None:
+    out = tmp_path / "numerics.json"
+    bench("--model", "tiny", "--numerics", "3", "--prompt-tokens", "9", "--output-tokens", "5",
+          "--cache", str(tmp_path / "cache"), "--out", str(out))
+    result = json.loads(out.read_text())["numerics"]
+    assert result["prompt_lengths"] == [9, 6, 3]  # different lengths: the engine pads rows
+    for case in ("engine", "cb"):
+        diverge = result[case]["first_divergence"]
+        assert len(diverge) == 3
+        assert result[case]["identical"] == sum(d is None for d in diverge)
+        assert all(d is None or 0 <= d < 5 for d in diverge)
+    # the engine's own guarantee (engine/kv.py): a batched greedy run equals the solo one
+    assert result["engine"]["identical"] == 3

@@ -19,7 +19,7 @@ export BENCH_THREADS
 # The operator before the restart-ordering change, for bench-restart's same-run baseline.
 BENCH_BASELINE ?= f4a0f2a
 
-.PHONY: bench bench-operator bench-restart bench-server bench-gpu bench-load
+.PHONY: bench bench-operator bench-restart bench-server bench-gpu bench-load bench-engine
 
 bench: bench-operator bench-server bench-load ## benchmarks: operator at N=10..1000, server vs baselines, loader memory (long)
 	@echo ">> results in $(BENCH_OUT); benchmarks/RESULTS.md quotes them"
@@ -80,3 +80,9 @@ bench-gpu: venv ## the server sweep on an NVIDIA GPU, next to the bandwidth ceil
 
 bench-load: venv ## peak memory of loading Qwen2.5-1.5B-sized random bf16: whole load (+int8) vs streaming
 	$(PY) benchmarks/load_memory.py --config qwen1.5b --rounds 2 --out $(BENCH_OUT)/load-memory.json
+
+bench-engine: venv ## the builtin engine's per-step overhead vs a static loop, its HTTP server, transformers CB (~10-15 min)
+	$(PY) benchmarks/engine_overhead.py --model small --concurrency 1 8 32 --prompt-tokens 32 \
+	  --output-tokens 64 --rounds 5 --threads 1 --out $(BENCH_OUT)/engine-overhead.json
+	$(PY) benchmarks/engine_overhead.py --model small --numerics 32 --prompt-tokens 128 \
+	  --output-tokens 128 --threads 1 --out $(BENCH_OUT)/engine-overhead-numerics.json

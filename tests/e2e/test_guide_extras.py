@@ -156,6 +156,14 @@ class Holder:
         self._thread.join(300)
 
 
+def front_logs(kubectl, lm: LastMile) -> str:  # noqa: F811
+    """The front pod's last log lines: why an overflow failed, for a failing assertion."""
+    pod = pods_of(kubectl, lm.ns, "front")[0]["metadata"]["name"]
+    lines = kubectl("logs", "-n", lm.ns, pod, "--tail=400", check=False).stdout.splitlines()
+    return "\n".join(line for line in lines if "overflow" in line.lower()
+                     or "error" in line.lower())[-6000:]
+
+
 def front_metrics(kubectl, lm: LastMile, key: str) -> str:  # noqa: F811
     r = via_service(kubectl, lm, "front", "/metrics", key)
     assert r.status_code == 200, r.text
@@ -210,7 +218,7 @@ def test_a_full_front_overflows_to_the_upstream(kubectl, lm: LastMile, front: st
                         chat("overflow me, reach me at jane@example.com", temperature=0.7))
     finally:
         holder.release()
-    assert r.status_code == 200, r.text
+    assert r.status_code == 200, (r.text, front_logs(kubectl, lm))
     assert r.headers["x-modelserver-overflow"] == "1"
     assert r.json()["choices"][0]["finish_reason"] in ("stop", "length")
     after = front_metrics(kubectl, lm, key)

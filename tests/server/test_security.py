@@ -159,6 +159,24 @@ def test_keys_and_prompts_not_logged_with_redaction(main_server):
     log = main_server.log_text()
     assert API_KEY not in log
     assert "jane.doe@example.com" not in log and "4111 1111" not in log
+    # Redaction keeps the lines: the access log (whose formatter unpacks its arguments)
+    # still says who asked for what, and nothing failed to log.
+    assert '"POST /generate HTTP/1.1" 200' in log
+    assert "Logging error" not in log
+
+
+def test_redaction_keeps_the_arguments_a_formatter_unpacks():
+    import logging
+
+    from modelserver.redact import RedactingFilter
+
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1,
+                               '%s - "%s %s HTTP/%s" %d', ("10.0.0.1:5", "GET",
+                               "/v1/x?mail=jane.doe@example.com", "1.1", 200), None)
+    assert RedactingFilter().filter(record)
+    client, method, path, version, status = record.args
+    assert status == 200 and "jane.doe" not in path and "[EMAIL]" in path
+    assert record.getMessage() == '10.0.0.1:5 - "GET /v1/x?mail=[EMAIL] HTTP/1.1" 200'
 
 
 def test_redaction_patterns():

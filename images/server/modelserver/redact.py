@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
+from typing import Any
 
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+"), "Bearer [KEY]"),
@@ -29,16 +31,26 @@ def redact(text: str) -> str:
     return text
 
 
+def _redact_arg(value: Any) -> Any:
+    # Numbers stay numbers: formatters read them as such (uvicorn's access formatter turns
+    # the status code into an HTTPStatus); anything else is masked as the text it prints.
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    return redact(value if isinstance(value, str) else str(value))
+
+
 class RedactingFilter(logging.Filter):
-    """Formats the record once and replaces its message with the masked text."""
+    """Masks the record's message and its arguments in place. The arguments keep their
+    shape: a formatter may unpack them (uvicorn's access log takes client, method, path,
+    version and status from record.args), so they are masked one by one, not merged."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a bad format string must not kill logging
-            return True
-        record.msg = redact(message)
-        record.args = None
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_arg(a) for a in record.args)
+        elif isinstance(record.args, Mapping):
+            record.args = {k: _redact_arg(v) for k, v in record.args.items()}
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:

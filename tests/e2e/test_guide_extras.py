@@ -180,7 +180,7 @@ def test_the_networkpolicy_opens_exactly_redis_and_the_upstream(
     assert {"to": [{"namespaceSelector": {"matchExpressions": [
         {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [lm.ns]}]}}],
         "ports": [{"protocol": "TCP", "port": 8080}]} in egress
-    assert len(egress) == 3  # and DNS: the weights come from a volume, no 443
+    assert len(egress) == 4  # and DNS's two rules: the weights come from a volume, no 443
     pod = pods_of(kubectl, lm.ns, front)[0]
     env = json.dumps(pod["spec"]["containers"][0].get("env", []))
     assert REDIS_PASSWORD not in json.dumps(pod["spec"]) and "secretKeyRef" not in env

@@ -80,8 +80,12 @@ def test_networkpolicy_default_same_namespace_plus_operator() -> None:
         "modeldeploy-system"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
     assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    egress_ports = [p["port"] for e in np["spec"]["egress"] for p in e["ports"]]
-    assert egress_ports == [53, 53, 443]  # DNS + model download
+    egress = np["spec"]["egress"]
+    # DNS: the cluster's DNS pods on any port (they may listen on 1053 or 5353 behind the
+    # Service's 53), port 53 anywhere; then the model download.
+    assert egress[0] == {"to": [networkpolicy.DNS_PODS]}
+    egress_ports = [p["port"] for e in egress[1:] for p in e["ports"]]
+    assert egress_ports == [53, 53, 443]
 
 
 def test_networkpolicy_allow_from() -> None:
@@ -98,7 +102,7 @@ def test_networkpolicy_allow_from() -> None:
     ns_peer = [p for p in peers if "namespaceSelector" in p][0]
     assert ns_peer["namespaceSelector"]["matchExpressions"][0]["values"] == [
         "chat", "ingress-nginx", "ops"]
-    assert all(p["port"] == 53 for e in np["spec"]["egress"] for p in e["ports"])
+    assert all(p["port"] == 53 for e in np["spec"]["egress"] for p in e.get("ports", []))
 
 
 def test_tls_secret_and_certificate() -> None:

@@ -155,7 +155,10 @@ def test_no_secret_no_mount() -> None:
 
 # --- NetworkPolicy egress ---
 
-DNS = {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}
+DNS = [{"to": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]},
+       {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}]
 
 
 def egress(overrides: dict[str, Any]) -> list[dict[str, Any]]:
@@ -172,12 +175,12 @@ def ns_peer(name: str) -> dict[str, Any]:
 
 
 def test_egress_is_dns_alone_without_the_features() -> None:
-    assert egress({}) == [DNS]
+    assert egress({}) == DNS
 
 
 def test_egress_opens_exactly_redis_and_the_upstream() -> None:
     assert egress(EVERYTHING) == [
-        DNS,
+        *DNS,
         {"to": [ns_peer("cache")], "ports": [{"protocol": "TCP", "port": 6380}]},
         {"to": [ns_peer("models")], "ports": [{"protocol": "TCP", "port": 9443}]},
     ]
@@ -200,7 +203,7 @@ def test_egress_opens_exactly_redis_and_the_upstream() -> None:
 def test_egress_peer_of_each_host_form(section: str, overrides: dict[str, Any],
                                        to: list[dict[str, Any]], port: int) -> None:
     assert egress({section: overrides}) == [
-        DNS, {"to": to, "ports": [{"protocol": "TCP", "port": port}]}]
+        *DNS, {"to": to, "ports": [{"protocol": "TCP", "port": port}]}]
 
 
 def test_a_host_without_a_peer_is_an_error_naming_the_field() -> None:

@@ -44,10 +44,19 @@ def _peer_rule(field: str, peer: Peer) -> dict[str, Any]:
     return {"to": to, "ports": [{"protocol": "TCP", "port": peer.policy_port}]}
 
 
+# The cluster's DNS pods (CoreDNS and kube-dns both carry k8s-app=kube-dns in
+# kube-system). A policy sees the port after the Service's translation, and a DNS pod
+# that runs unprivileged listens elsewhere (the test bed's CoreDNS on 1053, OpenShift's on
+# 5353): port 53 alone would cut name resolution there, so these pods are open on any port.
+DNS_PODS = {"namespaceSelector": {"matchLabels": {NS_LABEL: "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+DNS_PORTS = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+
+
 def egress_rules(spec: Spec) -> list[dict[str, Any]]:
-    egress: list[dict[str, Any]] = [{
-        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
-    }]
+    # DNS: the cluster's DNS pods, and port 53 anywhere (a node-local cache, a resolver
+    # outside the cluster).
+    egress: list[dict[str, Any]] = [{"to": [DNS_PODS]}, {"ports": DNS_PORTS}]
     if spec.model.needs_network:
         egress.append({"ports": [{"protocol": "TCP", "port": 443}]})
     if spec.answer_cache is not None:

@@ -107,12 +107,9 @@ def gateway_probes(spec: Spec) -> dict[str, Any]:
     """The gateway's /health follows the engine's, which is right for startup and
     readiness; its liveness is its own (a TCP connect), or a hung engine would restart the
     gateway over and over and never the engine (engine_probes restarts that one)."""
-    return {
-        "startupProbe": _probe(spec, gateway.HEALTH_PATH, _startup_failures(spec), PROBE_PERIOD),
-        "readinessProbe": _probe(spec, gateway.HEALTH_PATH, 3, 5),
-        "livenessProbe": {"tcpSocket": {"port": PORT_NAME}, "periodSeconds": 10,
-                          "timeoutSeconds": 5, "failureThreshold": 3},
-    }
+    return {**probes(spec, gateway.HEALTH_PATH),
+            "livenessProbe": {"tcpSocket": {"port": PORT_NAME}, "periodSeconds": 10,
+                              "timeoutSeconds": 5, "failureThreshold": 3}}
 
 
 def engine_health_command(port: int, path: str) -> list[str]:

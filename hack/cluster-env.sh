@@ -41,6 +41,7 @@ CGROUP_ROOT="/modeldeploy-$TAG"   # the kubelet's cgroupRoot in every hierarchy
 NODE_NAME="${MODELDEPLOY_NODE_NAME:-real-a}"
 SIMULATED_GPUS=8                  # nvidia.com/gpu advertised by the real node (simulated)
 GPU_PRODUCT="Simulated-GPU-on-CPU"
+EVICTION_DISK_MIB=2048            # the kubelet's nodefs/imagefs eviction threshold
 
 NODE_DIR="$CACHE_DIR/node"
 [[ "$NAME" == modeldeploy ]] || NODE_DIR="$CACHE_DIR/node-$NAME"

@@ -19,6 +19,7 @@ source "$HACK_DIR/cluster-env.sh"
 LABEL=io.modeldeploy.inputs
 WORK="$CACHE_DIR/images"
 CTR=(ctr --address "$CONTAINERD_SOCK" --namespace k8s.io)
+KCTL=(kubectl --kubeconfig "$KUBECONFIG_FILE")
 # What the base image holds beyond debootstrap's minimal set.
 BASE_PACKAGES="python3,python3-venv,python-is-python3,ca-certificates"
 BASE_SUITE=bookworm
@@ -109,8 +110,17 @@ build_dockerfile() {  # build_dockerfile <operator|server> <hash>
   fi
 }
 
+# The image a rebuild replaced keeps its layers (GBs for the server) under no name:
+# remove it, unless a newer image still builds on it (buildah then refuses, harmlessly).
+# The build cache (the dependency stage) is not touched.
+drop_superseded() {  # drop_superseded <old image id or empty>
+  [[ -n "$1" ]] || return 0
+  buildah images --quiet --no-trunc --filter dangling=true | grep -qx "$1" || return 0
+  buildah rmi "$1" >/dev/null 2>&1 || true
+}
+
 build() {
-  local name hash ref start
+  local name hash ref start superseded
   mkdir -p "$WORK"
   for name in "$@"; do
     # The Dockerfiles start from the base: it must exist (and be current) first.
@@ -123,6 +133,7 @@ build() {
       continue
     fi
     start=$SECONDS
+    superseded="$(buildah images --quiet --no-trunc "$ref" 2>/dev/null || true)"
     case "$name" in
       base) build_base "$hash" ;;
       pause) build_binary_image "$ref" "$PAUSE_BIN" "$hash" ;;
@@ -130,6 +141,7 @@ build() {
       *) build_dockerfile "$name" "$hash" ;;
     esac
     echo "$ref: built in $((SECONDS - start)) s ($LABEL=$hash)"
+    drop_superseded "$superseded"
   done
 
 }
@@ -154,12 +166,46 @@ import() {
       continue
     fi
     start=$SECONDS
+    check_room_to_import "$ref"
     say "importing $ref into the node's containerd"
     buildah push --quiet "$ref" "docker-archive:/dev/stdout:$ref" | "${CTR[@]}" images import - >/dev/null
     "${CTR[@]}" images label "$ref" "$LABEL=$hash" >/dev/null
     discard_layer_blobs "$ref"
     echo "$ref: imported in $((SECONDS - start)) s"
   done
+  wait_for_no_disk_pressure
+}
+
+# An import holds the image twice for a while (its layer tarballs, then the unpacked
+# snapshots). Dipping under the kubelet's eviction threshold taints the node with
+# disk-pressure (no pod is scheduled until it lifts) and makes the kubelet delete unused
+# images: refuse up front, with the figures, instead.
+check_room_to_import() {  # check_room_to_import <ref>
+  local image_bytes free_bytes need_bytes
+  image_bytes="$(buildah inspect --type image --format '{{.Manifest}}' "$1" \
+    | python3 -c 'import json, sys; print(sum(l["size"] for l in json.load(sys.stdin)["layers"]))')"
+  free_bytes="$(df --output=avail -B1 "$CONTAINERD_ROOT" | tail -1)"
+  need_bytes=$((2 * image_bytes + (EVICTION_DISK_MIB + 1024) * 1024 * 1024))
+  if ((free_bytes < need_bytes)); then
+    echo "not enough disk to import $1 into the node: $((free_bytes >> 20)) MiB free under" \
+      "$CONTAINERD_ROOT, $((need_bytes >> 20)) MiB needed (the image twice while it unpacks," \
+      "plus the kubelet's ${EVICTION_DISK_MIB} MiB eviction threshold and 1 GiB to spare)." \
+      "Free some (buildah rmi --prune drops unnamed images) and run again." >&2
+    exit 1
+  fi
+}
+
+# The kubelet may still have seen the import's peak: wait for its taint to lift.
+wait_for_no_disk_pressure() {
+  local i
+  for ((i = 0; i < 120; i++)); do
+    "${KCTL[@]}" get node "$NODE_NAME" -o jsonpath='{.spec.taints[*].key}' 2>/dev/null \
+      | grep -qw node.kubernetes.io/disk-pressure || return 0
+    ((i % 10)) || say "node $NODE_NAME has disk-pressure; waiting for it to lift"
+    sleep 1
+  done
+  echo "node $NODE_NAME still has disk-pressure after 120 s ($(df -h --output=avail "$CONTAINERD_ROOT" | tail -1) free under $CONTAINERD_ROOT)" >&2
+  exit 1
 }
 
 # Once unpacked into the snapshotter, the layer tarballs are dead weight (6 GB for the

@@ -179,7 +179,10 @@ maxPods: 32
 # The machine is shared with the control plane and the tests: evict before it starves.
 # Absolute disk thresholds: this machine's filesystem reserves most of its blocks, so a
 # percentage of its size says little about the room really left.
-evictionHard: {memory.available: 500Mi, nodefs.available: 2Gi, imagefs.available: 2Gi}
+evictionHard: {memory.available: 500Mi, nodefs.available: ${EVICTION_DISK_MIB}Mi, imagefs.available: ${EVICTION_DISK_MIB}Mi}
+# A pressure that has passed (an image import's peak) lifts its taint after 30 s, not the
+# default 5 min during which nothing is scheduled here.
+evictionPressureTransitionPeriod: 30s
 # No registry can give an image back: the kubelet never removes one to free disk.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99

@@ -24,6 +24,7 @@ import torch
 
 from . import kv as kvops
 from .constrain import ToolCallGrammar
+from .detok import IncrementalDecoder, new_decoder
 from .prefix import PrefixCache
 from .sampling import Sampler, SamplingParams
 from .text import StopState
@@ -74,6 +75,7 @@ class Request:
     sampler: Sampler | None = None
     grammar: ToolCallGrammar | None = None
     stop: StopState | None = None
+    detok: IncrementalDecoder | None = None
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
 
@@ -133,6 +135,7 @@ class Engine:
     def submit(self, req: Request) -> None:
         req.sampler = Sampler(req.params)
         req.stop = StopState(list(req.params.stop))
+        req.detok = new_decoder(self.tokenizer)
         if req.params.tool_names:
             req.grammar = ToolCallGrammar(req.params.tool_names)
         self._inbox.put(req)
@@ -394,8 +397,7 @@ class Engine:
             finish = "eos_token"
             delta = ""
         else:
-            full = self.tokenizer.decode(req.generated, skip_special_tokens=True)
-            delta = req.stop.update(full)
+            delta = req.stop.update(req.detok.step(token))
             if req.stop.stopped_on is not None:
                 finish = "stop_sequence"
             elif req.grammar is not None and req.grammar.done:
@@ -403,7 +405,7 @@ class Engine:
         if finish is None and len(req.generated) >= p.max_new_tokens:
             finish = "length"
         if finish is not None and finish != "stop_sequence":
-            delta += req.stop.flush()
+            delta += req.stop.update(req.detok.flush()) + req.stop.flush()
         req.emit(TokenEvent(token, delta, logprob, token in self.special_ids))
         if finish is None:
             return False

@@ -1,59 +1,54 @@
-"""Incremental detokenization with stop sequences.
+"""Stop sequences over streamed text.
 
-Decoding token by token breaks multi-byte characters and cannot see a stop string that
-spans tokens, so each request re-decodes its generated ids and only releases text that
-can no longer become part of a stop sequence.
+Text arrives in pieces (engine/detok.py: one per token) and a stop string can span
+pieces, so text that could still be the start of a stop string is held back until the
+next piece decides. Only the held-back text and the new piece are searched: a match that
+ends in new text starts at most max_stop-1 characters before it, and those are held back.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
-
-@dataclass
 class StopState:
-    stops: list[str]
-    text: str = ""        # decoded text of all generated tokens (before truncation)
-    emitted: int = 0      # characters of `text` already handed out
-    stopped_on: str | None = None
-    _max_stop: int = field(init=False, default=0)
-
-    def __post_init__(self) -> None:
-        self.stops = [s for s in self.stops if s]
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.stopped_on: str | None = None
         self._max_stop = max((len(s) for s in self.stops), default=0)
+        self._released: list[str] = []  # text handed out, in pieces (joined once, at the end)
+        self._pending = ""               # text received, not handed out yet
 
-    def update(self, text: str) -> str:
-        """Take the new full decode; return the delta that is safe to emit now."""
-        self.text = text
-        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more bytes
+    @property
+    def text(self) -> str:
+        """All text so far (released and held back), cut before a completed stop string."""
+        return "".join(self._released) + self._pending
+
+    def update(self, new: str) -> str:
+        """Append the text the last token added; return the delta that is safe to emit now."""
+        pending = self._pending = self._pending + new
+        if pending.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more bytes
             return ""
-        if self.stops:
-            start = max(0, self.emitted - self._max_stop)
-            best = -1
-            for s in self.stops:
-                i = text.find(s, start)
-                if i != -1 and (best == -1 or i < best):
-                    best, self.stopped_on = i, s
-            if best != -1:
-                delta = text[self.emitted:best] if best > self.emitted else ""
-                self.emitted = max(self.emitted, best)
-                self.text = text[:best]
-                return delta
-            safe = len(text) - self._held_back(text)
-        else:
-            safe = len(text)
-        if safe <= self.emitted:
-            return ""
-        delta = text[self.emitted:safe]
-        self.emitted = safe
-        return delta
+        if not self.stops:
+            return self._release(len(pending))
+        best = -1
+        for s in self.stops:
+            i = pending.find(s)
+            if i != -1 and (best == -1 or i < best):
+                best, self.stopped_on = i, s
+        if best != -1:
+            self._pending = pending[:best]
+            return self._release(best)
+        return self._release(len(pending) - self._held_back(pending))
 
     def flush(self) -> str:
         """At the end: release whatever was held back (no stop sequence completed)."""
-        text = self.text.rstrip("\ufffd") if self.stopped_on is None else self.text
-        delta = text[self.emitted:]
-        self.emitted = len(text)
-        self.text = text
+        if self.stopped_on is None:
+            self._pending = self._pending.rstrip("\ufffd")
+        return self._release(len(self._pending))
+
+    def _release(self, n: int) -> str:
+        delta, self._pending = self._pending[:n], self._pending[n:]
+        if delta:
+            self._released.append(delta)
         return delta
 
     def _held_back(self, text: str) -> int:

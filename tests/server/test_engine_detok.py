@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -136,47 +137,13 @@ def test_a_decoder_that_rewrites_earlier_text_falls_back_to_the_full_decode(capl
 
 # ---- stop sequences ------------------------------------------------------------------
 
-class _OldStopState:
-    """engine/text.py before incremental detokenization, verbatim in behaviour: fed the
-    full decode after every token. The reference the new StopState must equal."""
+def _old_stop_state(stops: list[str]) -> Any:
+    """The StopState before incremental detokenization, fed full decodes: kept once, in
+    the benchmark that compares the two paths."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from long_output import OldStopState
 
-    def __init__(self, stops: list[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.max_stop = max((len(s) for s in self.stops), default=0)
-        self.text, self.emitted, self.stopped_on = "", 0, None
-
-    def update(self, text: str) -> str:
-        self.text = text
-        if text.endswith("\ufffd"):
-            return ""
-        if self.stops:
-            start = max(0, self.emitted - self.max_stop)
-            best = -1
-            for s in self.stops:
-                i = text.find(s, start)
-                if i != -1 and (best == -1 or i < best):
-                    best, self.stopped_on = i, s
-            if best != -1:
-                delta = text[self.emitted:best] if best > self.emitted else ""
-                self.emitted = max(self.emitted, best)
-                self.text = text[:best]
-                return delta
-            held = next((n for n in range(min(self.max_stop - 1, len(text)), 0, -1)
-                         if any(s.startswith(text[-n:]) for s in self.stops)), 0)
-            safe = len(text) - held
-        else:
-            safe = len(text)
-        if safe <= self.emitted:
-            return ""
-        delta = text[self.emitted:safe]
-        self.emitted = safe
-        return delta
-
-    def flush(self) -> str:
-        text = self.text.rstrip("\ufffd") if self.stopped_on is None else self.text
-        delta = text[self.emitted:]
-        self.emitted, self.text = len(text), text
-        return delta
+    return OldStopState(stops)
 
 
 def test_stop_state_on_pieces_equals_the_old_one_on_full_decodes() -> None:
@@ -186,7 +153,7 @@ def test_stop_state_on_pieces_equals_the_old_one_on_full_decodes() -> None:
                   for _ in range(rng.randrange(1, 12))]
         stops = ["".join(rng.choice("abc ") for _ in range(rng.randrange(1, 5)))
                  for _ in range(rng.randrange(0, 4))]
-        new, old = StopState(stops), _OldStopState(stops)
+        new, old = StopState(stops), _old_stop_state(stops)
         full = ""
         for piece in pieces:
             full += piece

@@ -30,7 +30,7 @@ _PROBE_TEXT = (
     "Ünïcödé – ¿qué? 世界你好 こんにちは 안녕 🤖👍🏽 🇫🇷 ∑x² = 1…  \r\n"
     "    def f(x):\n        return x  # done\n"
 )
-_PROBE_RANDOM_IDS = 600
+_PROBE_RANDOM_IDS = 256
 _exact_by_tokenizer: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 

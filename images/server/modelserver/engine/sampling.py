@@ -6,9 +6,12 @@ on the device. The step itself is sampled for all rows at once: engine/batch_sam
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # batch_sampling imports this module
+    from .batch_sampling import PenaltyState
 
 # A torch generator takes a 64-bit unsigned seed: the routes refuse any other (a 422
 # naming `seed`, not a 500 from inside the engine).
@@ -40,8 +43,9 @@ class SamplingParams:
 class Sampler:
     def __init__(self, params: SamplingParams) -> None:
         self.params = params
-        # batch_sampling.PenaltyState, made on the request's first step if it uses one
-        self.penalty: Any = None
+        # the request's token history on the device, made on its first step if it uses a
+        # penalty (batch_sampling.penalties)
+        self.penalty: PenaltyState | None = None
         self.generator: torch.Generator | None = None
         if not params.greedy:
             self.generator = torch.Generator(device="cpu")

@@ -90,9 +90,9 @@ def test_top_k_and_top_p_masks_exactly() -> None:
     logits = torch.tensor([[4.0, 3.0, 3.0, 2.0, 1.0, 0.0, -1.0, -2.0]])
     # top_k 2 keeps every logit >= the 2nd largest: 4 and both 3s (a tie)
     assert set(_support(logits[0], SamplingParams(top_k=2))) == {0, 1, 2}
-    probs = torch.softmax(logits[0], -1)  # 0.61, 0.22, 0.22, ...
-    # the smallest prefix reaching top_p: 0.5 → only the first token; 0.7 → the first two
-    # of the sorted order (equal logits keep vocabulary order)
+    probs = torch.softmax(logits[0], -1)  # 0.51, 0.19, 0.19, ...
+    # the smallest prefix reaching top_p: just under p[0] → the first token alone; just
+    # over → the first two of the sorted order (equal logits keep vocabulary order)
     assert set(_support(logits[0], SamplingParams(top_p=float(probs[0]) - 0.01))) == {0}
     assert set(_support(logits[0], SamplingParams(top_p=float(probs[0]) + 0.01))) == {0, 1}
 

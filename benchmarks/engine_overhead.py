@@ -17,7 +17,11 @@ Cases, each with c concurrent requests of the same prompt length and output leng
   uses: Engine(...).start(), submit(Request(ids, SamplingParams, emit)));
 - `server`: `python -m modelserver serve` on loopback, c concurrent streaming clients
   (httpx, /v1/completions with token-id prompts, ignore_eos);
-- `cb`: transformers' ContinuousBatchingManager (init_continuous_batching) in this process.
+- `cb`: transformers' ContinuousBatchingManager (init_continuous_batching) in this process;
+- `engine-base` (only with `--baseline-src DIR`): the same in-process engine case, run from
+  another source tree (e.g. a `git worktree` at the commit before a change) in a worker
+  subprocess whose PYTHONPATH is that tree's; it times itself exactly as `engine` does, so
+  the two are compared round by round in the same run.
 
 Per run: tokens/s over the whole run (prefill included) and decode steps/s over the
 decode window (from the moment every request has its first token to the last token:
@@ -31,6 +35,9 @@ transformers offers that engine/core.py's opening premise says it lacks.
 lengths) run one at a time and run together, in the engine and in transformers' CB.
 
     python benchmarks/engine_overhead.py --out benchmarks/results/engine-overhead.json
+    git worktree add --detach .cache/base afe4294
+    python benchmarks/engine_overhead.py --baseline-src .cache/base --cases limit engine \
+        --out benchmarks/results/engine-sampling.json
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ import os
 import platform
 import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -58,6 +66,8 @@ from server_bench import prompts, smollm2_gguf, start_ready  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench-models"
 CASES = ("limit", "engine", "server", "cb")
+BASE_CASE = "engine-base"  # the engine of --baseline-src, next to this tree's
+WORKER_REPLY = "@@engine-worker "  # marks the worker's replies among anything else on stdout
 _MISSING = object()
 
 LLAMA_SMALL = {  # Llama-like, GQA 8:2, head_dim 32; the LM head is most of the FLOPs
@@ -248,6 +258,80 @@ class InProcessEngine:
         self.engine.stop()
 
 
+class BaselineEngine:
+    """InProcessEngine of another source tree, in a worker process (`--worker`) whose
+    PYTHONPATH is that tree's only: each run is timed inside the worker exactly as
+    InProcessEngine times itself, so the pipe is outside the measurement."""
+
+    def __init__(self, src: Path, path: Path, max_batch: int, threads: int) -> None:
+        src = src.resolve()
+        if not (src / "images" / "server" / "modelserver" / "engine" / "core.py").exists():
+            raise SystemExit(f"--baseline-src {src}: no images/server/modelserver there")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(src / "images" / "server"), str(src / "operator")])}
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", str(path),
+             "--threads", str(threads), "--max-batch", str(max_batch), "--out", "-"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.src = self._call({"op": "hello"})["modelserver"]
+        if not Path(self.src).resolve().is_relative_to(src):
+            raise RuntimeError(f"the baseline worker imported {self.src}, not from {src}")
+
+    def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith(WORKER_REPLY):
+                reply = json.loads(line[len(WORKER_REPLY):])
+                if "error" in reply:
+                    raise RuntimeError(f"baseline worker: {reply['error']}")
+                return reply
+        raise RuntimeError(f"baseline worker exited ({self.proc.wait()})")
+
+    def run(self, plist: list[list[int]], out_tokens: int) -> dict[str, Any]:
+        return self._call({"op": "run", "prompts": plist, "out_tokens": out_tokens})
+
+    def profile(self, c: int, prompt_len: int, out_tokens: int, vocab: int,
+                seed: int) -> dict[str, Any]:
+        return self._call({"op": "profile", "args": [c, prompt_len, out_tokens, vocab, seed]})
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def worker(path: Path, max_batch: int) -> int:
+    """The baseline's side of BaselineEngine: one JSON request per stdin line."""
+    import modelserver
+
+    ip = InProcessEngine(path, max_batch)
+
+    def reply(obj: dict[str, Any]) -> None:
+        print(WORKER_REPLY + json.dumps(obj), flush=True)
+
+    try:
+        for line in sys.stdin:
+            msg = json.loads(line)
+            try:
+                if msg["op"] == "hello":
+                    reply({"modelserver": str(Path(modelserver.__file__).parent)})
+                elif msg["op"] == "run":
+                    reply(ip.run(msg["prompts"], msg["out_tokens"]))
+                elif msg["op"] == "profile":
+                    reply(profile(ip, *msg["args"]))
+                else:
+                    reply({"error": f"unknown op {msg['op']!r}"})
+            except Exception as exc:  # the parent raises it with the message
+                reply({"error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        ip.stop()
+    return 0
+
+
 class HTTPServer:
     """`modelserver serve` on loopback; c streaming clients over /v1/completions."""
 
@@ -393,7 +477,6 @@ class StepProfile:
         import torch
         import transformers.integrations.sdpa_attention as sdpa
         from modelserver.engine import kv, text
-        from modelserver.engine.sampling import Sampler
 
         eng = ip.engine
         orig_step = eng._decode_step
@@ -415,7 +498,7 @@ class StepProfile:
         self._wrap(kv.SlabLayer, "update", "kv_write")
         self._wrap(kv, "select", "kv_select")  # rows leaving: a copy of the whole KV
         self._wrap(sdpa, "repeat_kv", "repeat_kv")
-        self._wrap(Sampler, "__call__", "sampling")
+        self._wrap(*_sampling_entry(), "sampling")
         self._wrap(eng.tokenizer, "decode", "detokenize")
         self._wrap(text.StopState, "update", "stop_check")
         self._wrap(eng, "_accept", "accept_total")
@@ -446,6 +529,18 @@ class StepProfile:
                                for k in ("forward", "sampling", "detokenize", "syncs",
                                          "repeat_kv", "kv_write")},
         }
+
+
+def _sampling_entry() -> tuple[Any, str]:
+    """What samples in the engine being profiled: the whole step at once
+    (engine/batch_sampling.py), or one row per call in an engine older than it."""
+    try:
+        from modelserver.engine import batch_sampling
+    except ImportError:  # before issue 14: Sampler.__call__, once per row
+        from modelserver.engine.sampling import Sampler
+
+        return Sampler, "__call__"
+    return batch_sampling, "pick"
 
 
 def profile(ip: InProcessEngine, c: int, prompt_len: int, out_tokens: int, vocab: int,
@@ -563,7 +658,7 @@ def ratios(runs: dict[str, dict[int, list[dict[str, Any]]]], c: int) -> dict[str
     """Each case over the limit: per round (the runs next to each other in time, so a
     load change on the shared machine hits both) then the median, min and max of those."""
     out: dict[str, Any] = {}
-    for name in ("engine", "server", "cb"):
+    for name in ("engine", BASE_CASE, "server", "cb"):
         if name not in runs or "limit" not in runs:
             continue
         out[f"{name}_over_limit"] = {}
@@ -575,7 +670,29 @@ def ratios(runs: dict[str, dict[int, list[dict[str, Any]]]], c: int) -> dict[str
                 out[f"{name}_over_limit"][key] = {
                     "median": round(statistics.median(xs), 3), "min": round(min(xs), 3),
                     "max": round(max(xs), 3)}
+    if "engine" in runs and BASE_CASE in runs:  # this tree's engine over the baseline's
+        out["engine_over_base"] = {}
+        for key in ("tok_s", "decode_steps_s"):
+            xs = [r[key] / b[key] for r, b in zip(runs["engine"][c], runs[BASE_CASE][c],
+                                                   strict=True) if r.get(key) and b.get(key)]
+            if xs:
+                out["engine_over_base"][key] = {
+                    "median": round(statistics.median(xs), 3), "min": round(min(xs), 3),
+                    "max": round(max(xs), 3)}
     return out
+
+
+def _commit(tree: Path) -> str | None:
+    """The tree's HEAD, with "+dirty" when it has uncommitted changes to tracked files."""
+    try:
+        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain",
+                                "--untracked-files=no"], check=True, capture_output=True,
+                               text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -597,8 +714,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--numerics", type=int, default=0, metavar="N",
                    help="only compare N requests run alone and together (engine, cb): "
                         "greedy tokens identical or not")
+    p.add_argument("--baseline-src", metavar="DIR",
+                   help="also run the in-process engine of this source tree (e.g. a git "
+                        "worktree at an older commit) as case engine-base, same rounds")
+    p.add_argument("--worker", metavar="MODEL_DIR", help=argparse.SUPPRESS)
+    p.add_argument("--max-batch", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
+    if a.worker:  # BaselineEngine's subprocess
+        import torch
+
+        torch.set_num_threads(a.threads)
+        torch.set_grad_enabled(False)
+        return worker(Path(a.worker), a.max_batch)
+    if a.baseline_src and not Path(a.baseline_src).is_dir():
+        p.error(f"--baseline-src {a.baseline_src}: not a directory")
     for name in ("concurrency", "prompt_tokens", "output_tokens", "rounds", "threads"):
         vals = getattr(a, name)
         if any(v < 1 for v in (vals if isinstance(vals, list) else [vals])):
@@ -643,6 +773,11 @@ def main(argv: list[str] | None = None) -> int:
             stops.append(ip.stop)
             if "engine" in a.cases:
                 runners["engine"] = lambda pl: ip.run(pl, a.output_tokens)
+        base: BaselineEngine | None = None
+        if a.baseline_src:
+            base = BaselineEngine(Path(a.baseline_src), path, max_c, a.threads)
+            stops.append(base.stop)
+            runners[BASE_CASE] = lambda pl: base.run(pl, a.output_tokens)
         if "server" in a.cases:
             srv = HTTPServer(path, max_c, a.threads, logdir)
             stops.append(srv.stop)
@@ -676,10 +811,15 @@ def main(argv: list[str] | None = None) -> int:
                 row[name] = summarize(runs[name][c])
             table.append(row | ratios(runs, c))
 
-        profiles = []
+        profiles: list[dict[str, Any]] = []
+        base_profiles: list[dict[str, Any]] = []
         for c in a.profile_concurrency:
             log(f"profiling the engine's decode steps at c={c}")
             profiles.append(profile(ip, c, a.prompt_tokens, a.output_tokens, vocab, next(seed)))
+            if base is not None:
+                log(f"profiling the baseline engine's decode steps at c={c}")
+                base_profiles.append(base.profile(c, a.prompt_tokens, a.output_tokens, vocab,
+                                                  next(seed)))
         detok = detok_scaling(ip.tokenizer if ip else AutoTokenizer.from_pretrained(path), vocab,
                               a.detok_lengths, a.detok_outputs) if a.detok_lengths else {}
     finally:
@@ -706,6 +846,11 @@ def main(argv: list[str] | None = None) -> int:
         "runs": {k: {str(c): v for c, v in d.items()} for k, d in runs.items()},
         "profile": profiles, "detokenize": detok, "premise": premise(),
     }
+    if base is not None:
+        out["baseline"] = {"src": str(Path(a.baseline_src).resolve()),
+                           "modelserver": base.src, "commit": _commit(Path(a.baseline_src)),
+                           "profile": base_profiles}
+    out["commit"] = _commit(ROOT)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
     for row in table:

@@ -18,8 +18,11 @@ export BENCH_THREADS
 
 # The operator before the restart-ordering change, for bench-restart's same-run baseline.
 BENCH_BASELINE ?= f4a0f2a
+# The engine before sampling moved onto the device (issue 14), for bench-engine-base.
+ENGINE_BASELINE ?= afe4294
 
-.PHONY: bench bench-operator bench-restart bench-server bench-gpu bench-load bench-engine
+.PHONY: bench bench-operator bench-restart bench-server bench-gpu bench-load bench-engine \
+  bench-engine-base
 
 bench: bench-operator bench-server bench-load ## benchmarks: operator at N=10..1000, server vs baselines, loader memory (long)
 	@echo ">> results in $(BENCH_OUT); benchmarks/RESULTS.md quotes them"
@@ -86,3 +89,10 @@ bench-engine: venv ## the builtin engine's per-step overhead vs a static loop, i
 	  --output-tokens 64 --rounds 5 --threads 1 --out $(BENCH_OUT)/engine-overhead.json
 	$(PY) benchmarks/engine_overhead.py --model small --numerics 32 --prompt-tokens 128 \
 	  --output-tokens 128 --threads 1 --out $(BENCH_OUT)/engine-overhead-numerics.json
+
+bench-engine-base: venv ## the builtin engine against itself at ENGINE_BASELINE and the static loop, same rounds (RESULTS.md §7, ~5 min)
+	@[ -d .cache/baseline-$(ENGINE_BASELINE) ] || \
+	  git worktree add --detach .cache/baseline-$(ENGINE_BASELINE) $(ENGINE_BASELINE)
+	$(PY) benchmarks/engine_overhead.py --model small --concurrency 1 8 32 --prompt-tokens 32 \
+	  --output-tokens 64 --rounds 5 --threads 1 --cases limit engine --detok-lengths \
+	  --baseline-src .cache/baseline-$(ENGINE_BASELINE) --out $(BENCH_OUT)/engine-sampling.json

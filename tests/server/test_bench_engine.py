@@ -49,9 +49,10 @@ def test_engine_overhead_bench_measures_every_case(tmp_path) -> None:
             assert [r["tokens"] for r in runs] == [int(c) * 4], case
     (prof,) = result["profile"]
     assert prof["c"] == 2 and prof["steps"] >= 3 and prof["step_ms"] > 0
-    # a step samples and detokenizes each row once, and runs one forward
+    # a step runs one forward, samples all rows in one call and detokenizes each row once
     assert prof["calls_per_step"]["forward"] == 1.0
-    assert prof["calls_per_step"]["sampling"] == prof["calls_per_step"]["detokenize"] == 2.0
+    assert prof["calls_per_step"]["sampling"] == 1.0
+    assert prof["calls_per_step"]["detokenize"] == 2.0
     assert prof["ms_per_step"]["forward"] > 0 and prof["ms_per_step"]["sampling"] > 0
     assert prof["ms_per_step"]["rest"] >= 0
     assert abs(sum(prof["share"].values()) - 1) < 0.01
@@ -77,3 +78,23 @@ def test_numerics_check_compares_alone_and_together(tmp_path) -> None:
         assert all(d is None or 0 <= d < 5 for d in diverge)
     # the engine's own guarantee (engine/kv.py): a batched greedy run equals the solo one
     assert result["engine"]["identical"] == 3
+
+
+def test_baseline_src_runs_that_trees_engine_in_the_same_rounds(tmp_path) -> None:
+    """--baseline-src: the engine of another tree (here this one) as case engine-base, in a
+    worker process that imports modelserver from that tree only."""
+    out = tmp_path / "base.json"
+    bench("--model", "tiny", "--concurrency", "2", "--prompt-tokens", "8",
+          "--output-tokens", "4", "--rounds", "2", "--cases", "limit", "engine",
+          "--profile-concurrency", "2", "--detok-lengths", "--baseline-src", str(ROOT),
+          "--cache", str(tmp_path / "cache"), "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["cases"] == ["limit", "engine", "engine-base"]
+    assert result["baseline"]["modelserver"] == str(ROOT / "images" / "server" / "modelserver")
+    assert [r["tokens"] for r in result["runs"]["engine-base"]["2"]] == [8, 8]
+    (row,) = result["table"]
+    ratio = row["engine_over_base"]["decode_steps_s"]
+    assert 0 < ratio["min"] <= ratio["median"] <= ratio["max"]
+    assert row["engine-base_over_limit"]["tok_s"]["median"] > 0
+    (prof,) = result["baseline"]["profile"]
+    assert prof["c"] == 2 and prof["calls_per_step"]["forward"] == 1.0

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from . import batch_sampling
 from . import kv as kvops
 from .constrain import ToolCallGrammar
 from .detok import IncrementalDecoder, new_decoder
@@ -235,7 +236,7 @@ class Engine:
         self.stats.cached_tokens += reuse
         new_kv = cache.tensors()
         self.prefix.store(ids, new_kv)
-        token, logprob = self._pick(req, out.logits[0, -1])
+        _, (token,), (logprob,) = self._pick([req], out.logits[:, -1])
         if self._accept(req, token, logprob):
             return  # finished on its first token: never joins the batch
         self._joining.append((req, new_kv, mask, token))
@@ -288,24 +289,36 @@ class Engine:
         self.stats.step_rows += len(self._rows)
         self._mask = mask
         self._pos = self._pos + 1
-        logits = out.logits[:, -1, :]
-        keep, nxt = [], []
-        for i, r in enumerate(self._rows):
-            token, logprob = self._pick(r, logits[i])
-            if not self._accept(r, token, logprob):
-                keep.append(i)
-                nxt.append(token)
-        self._last = torch.tensor(nxt, device=self.device) if nxt else None
+        nxt, tokens, logprobs = self._pick(self._rows, out.logits[:, -1, :])
+        keep = [i for i, (r, token, logprob) in enumerate(
+            zip(self._rows, tokens, logprobs, strict=True)) if not self._accept(r, token, logprob)]
+        self._last = nxt  # the next tokens stay on the device
         if len(keep) != len(self._rows):
-            last = self._last
-            self._keep_rows(keep)
-            self._last = last
+            self._keep_rows_and_next_tokens(keep)
         self.stats.batch_size = len(self._rows)
 
-    def _pick(self, req: Request, logits: torch.Tensor) -> tuple[int, float]:
-        if req.grammar is not None:
-            return self._pick_constrained(req, logits)
-        return req.sampler(logits, req.prompt_ids, req.generated)
+    def _pick(self, rows: list[Request],
+              logits: torch.Tensor) -> tuple[torch.Tensor, list[int], list[float]]:
+        """logits (rows, vocab) → the next tokens on the device, and the same tokens with
+        their log-probabilities on the host: one device→host copy for the rows sampled
+        together; a row with a forced tool call takes the grammar's host path."""
+        free = [i for i, r in enumerate(rows) if r.grammar is None]
+        tokens, logprobs = [0] * len(rows), [0.0] * len(rows)
+        nxt = None
+        if free:
+            sub = logits if len(free) == len(rows) else logits.index_select(
+                0, torch.tensor(free, device=logits.device))
+            nxt, lps = batch_sampling.pick(sub, [rows[i].sampler for i in free],
+                                           [rows[i].prompt_ids for i in free],
+                                           [rows[i].generated for i in free])
+            for i, token, logprob in zip(free, *batch_sampling.to_host(nxt, lps), strict=True):
+                tokens[i], logprobs[i] = token, logprob
+        if len(free) != len(rows):
+            for i, r in enumerate(rows):
+                if r.grammar is not None:
+                    tokens[i], logprobs[i] = self._pick_constrained(r, logits[i])
+            nxt = torch.tensor(tokens, device=self.device)
+        return nxt, tokens, logprobs
 
     def _vocab(self) -> tuple[list[str], dict[str, int]]:
         """Each token's text (special tokens: "", never allowed) and single-char tokens."""

@@ -1,13 +1,17 @@
-"""Per-request sampling: penalties first (repetition: TGI's, over prompt and output;
-presence/frequency: OpenAI's, over the output), then greedy at temperature 0, else
-temperature/top-k/top-p with a per-request generator so that the same seed gives the same
-text whatever the batch."""
+"""Per-request sampling parameters and state: the request's own generator (so that the same
+seed gives the same text whatever the batch) and, when it uses a penalty, its token history
+on the device. The step itself is sampled for all rows at once: engine/batch_sampling.py.
+`Sampler.penalized` is the one-row form the forced tool-call path (core.py) still uses."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # batch_sampling imports this module
+    from .batch_sampling import PenaltyState
 
 # A torch generator takes a 64-bit unsigned seed: the routes refuse any other (a 422
 # naming `seed`, not a 500 from inside the engine).
@@ -39,6 +43,9 @@ class SamplingParams:
 class Sampler:
     def __init__(self, params: SamplingParams) -> None:
         self.params = params
+        # the request's token history on the device, made on its first step if it uses a
+        # penalty (batch_sampling.penalties)
+        self.penalty: PenaltyState | None = None
         self.generator: torch.Generator | None = None
         if not params.greedy:
             self.generator = torch.Generator(device="cpu")
@@ -67,27 +74,3 @@ class Sampler:
             logits = logits.clone()
             logits[idx] -= p.presence_penalty + p.frequency_penalty * counts.float()
         return logits
-
-    def __call__(self, logits: torch.Tensor, prompt: list[int],
-                 generated: list[int]) -> tuple[int, float]:
-        """logits: (vocab,) on any device → (token id, its log-probability)."""
-        p = self.params
-        logits = self.penalized(logits, prompt, generated)
-        logprobs = torch.log_softmax(logits, dim=-1)
-        if p.greedy:
-            tok = int(torch.argmax(logits))
-            return tok, float(logprobs[tok])
-        scaled = logits / max(p.temperature, 1e-5)
-        if p.top_k and p.top_k > 0:
-            kth = torch.topk(scaled, min(p.top_k, scaled.numel())).values[-1]
-            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-        if 0.0 < p.top_p < 1.0:
-            sorted_logits, order = torch.sort(scaled, descending=True)
-            probs = torch.softmax(sorted_logits, dim=-1)
-            cum = torch.cumsum(probs, dim=-1)
-            drop = cum - probs > p.top_p  # keep the smallest set reaching top_p
-            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-            scaled = torch.full_like(scaled, float("-inf")).scatter(0, order, sorted_logits)
-        probs = torch.softmax(scaled, dim=-1).cpu()
-        tok = int(torch.multinomial(probs, 1, generator=self.generator))
-        return tok, float(logprobs[tok])

@@ -285,3 +285,86 @@ def test_a_non_sticky_error_leaves_the_engine_serving(tiny):
     finally:
         engine.stop()
     assert probes and engine.broken is None
+
+
+# ---- warm-up: the largest shapes run before /health says 200 -----------------------------
+def _service(tiny_model, **kw):
+    from modelserver.config import Settings
+    from modelserver.metrics import Metrics
+    from modelserver.service import ModelService
+
+    svc = ModelService(Settings(model=str(tiny_model), dtype="float32", device="cpu", **kw),
+                       Metrics())
+    svc._load()  # the loader thread's body, run here
+    return svc
+
+
+def test_warm_up_runs_the_largest_batch_and_a_full_prefill_chunk(tiny_model):
+    svc = _service(tiny_model, max_batch_size=6)
+    try:
+        assert svc.ready, svc.load_error
+        st = svc.engine.stats
+        assert st.max_step_rows == 6  # six requests decoded in one step
+        # six short prompts and one long one: the long one alone is over the shorts' sum
+        assert st.prefill_tokens >= 256
+    finally:
+        svc.stop()
+
+
+def test_warm_up_out_of_memory_fails_the_load_naming_the_flag(tiny_model, monkeypatch):
+    real = Engine._forward_rows
+
+    def forward(self, rows, *args):
+        if len(rows) == 5:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return real(self, rows, *args)
+
+    monkeypatch.setattr(Engine, "_forward_rows", forward)
+    svc = _service(tiny_model, max_batch_size=5)
+    try:
+        assert not svc.ready
+        assert "--max-batch-size 5" in svc.load_error, svc.load_error
+        assert "out of memory" in svc.load_error, svc.load_error
+    finally:
+        svc.stop()
+
+
+# ---- through the real server: a sticky device error → /health 503 → restart ------------
+def test_sticky_device_error_turns_health_503_and_refuses_requests(workdir, tiny_model):
+    import httpx
+    import openai
+    from serverutil import FAULTY_LAUNCHER, STICKY_MARKER, start_server
+
+    srv = start_server(workdir, "sticky", str(tiny_model), "--served-name", "tiny",
+                       "--max-batch-size", "2", "--dtype", "float32", tls=None, auth=False,
+                       launcher=FAULTY_LAUNCHER)
+    try:
+        srv.wait_ready()
+        client = openai.OpenAI(base_url=srv.base + "/v1", api_key="unused", max_retries=0)
+        with httpx.Client(base_url=srv.base, timeout=30) as http:
+            assert http.get("/health").status_code == 200
+            ok = client.completions.create(model="tiny", prompt="hello", max_tokens=3)
+            assert ok.choices[0].finish_reason
+
+            with pytest.raises(openai.APIStatusError) as caused:
+                client.completions.create(model="tiny", prompt=f"x {STICKY_MARKER}",
+                                          max_tokens=3)
+            assert "injected device failure" in caused.value.message
+
+            health = http.get("/health")
+            assert health.status_code == 503, health.text
+            body = health.json()
+            assert body["status"] == "broken"
+            assert "device probe failed" in body["error"]
+            assert "no longer answers" in body["error"]
+            assert "modelserver_ready 0.0" in http.get("/metrics").text
+
+            with pytest.raises(openai.InternalServerError) as refused:
+                client.chat.completions.create(
+                    model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+            assert refused.value.status_code == 503
+            assert "no longer answers" in refused.value.message
+            assert refused.value.body["type"] == "server_error"
+            assert refused.value.body["code"] == "unavailable"
+    finally:
+        srv.stop()

@@ -108,7 +108,6 @@ class _Checkpoint:
     """The batch just before a decode forward that succeeded (references, no copies): what
     a failure later in the step (sampling, emitting) is rolled back to."""
     rows: list[Request]
-    generated: list[int]  # len(row.generated) per row
     mask: torch.Tensor
     pos: torch.Tensor
     last: torch.Tensor
@@ -487,9 +486,9 @@ class Engine:
                 if not self._rows:
                     raise _BatchGone() from exc
                 continue
-            self._checkpoint = _Checkpoint(self._rows, [len(r.generated) for r in self._rows],
-                                           self._mask, self._pos, self._last)
-            self.stats.max_step_rows = max(self.stats.max_step_rows, len(self._rows))
+            self._checkpoint = _Checkpoint(self._rows, self._mask, self._pos, self._last)
+            if len(self._rows) > self.stats.max_step_rows:
+                self.stats.max_step_rows = len(self._rows)
             return out, mask
 
     def _drop_failing_rows(self, exc: Exception) -> None:
@@ -561,7 +560,10 @@ class Engine:
         log.warning("decode step failed after its forward: %s", describe(exc))
         self._check_device(exc)
         rows, n, past = ckpt.rows, len(ckpt.rows), ckpt.mask.shape[1]
-        took = [len(r.generated) > g for r, g in zip(rows, ckpt.generated, strict=True)]
+        # a row's next position is len(prompt) + len(generated) - 1 until it takes a token
+        before = [p - len(r.prompt_ids) + 1 for r, p in zip(rows, ckpt.pos.tolist(),
+                                                             strict=True)]
+        took = [len(r.generated) > g for r, g in zip(rows, before, strict=True)]
         pending = [i for i in range(n) if not took[i]]
         if pending and (any(took) or n == 1):
             rows[pending[0]].emit(ErrorEvent(f"generation failed: {describe(exc)}"))
@@ -577,10 +579,10 @@ class Engine:
             last = torch.tensor([rows[i].generated[-1] for i in ahead], device=self.device)
             parts.append(_Batch([rows[i] for i in ahead], cache, mask,
                                 ckpt.pos.index_select(0, sel) + 1, last))
-        before = self._cache
-        before.rollback(past)
+        full = self._cache
+        full.rollback(past)
         for group in (g for g in groups if g):
-            cache, mask = kvops.select(before.tensors(), ckpt.mask, group)
+            cache, mask = kvops.select(full.tensors(), ckpt.mask, group)
             sel = torch.tensor(group, device=self.device)
             self._put_batch(_Batch([rows[i] for i in group], cache, mask,
                                    ckpt.pos.index_select(0, sel),

@@ -21,6 +21,7 @@ CACHE = REPO / ".cache"
 SERVER_START_TIMEOUT = 480  # generous: CI machines are shared with a Go build
 API_KEY = "sk-modelserver-test-0123456789"
 FAIL_MARKER = "@@fail-generation@@"  # in a prompt: fails under FAULTY_LAUNCHER
+STICKY_MARKER = "@@lose-the-device@@"  # in a prompt: breaks the device, ditto
 FAULTY_LAUNCHER = Path(__file__).with_name("faulty_server.py")
 
 

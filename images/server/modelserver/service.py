@@ -28,6 +28,14 @@ from .metrics import Metrics
 
 log = logging.getLogger("modelserver.service")
 
+WARMUP_TIMEOUT = 600  # seconds per warm-up shape: a big model's first CUDA kernels compile
+WARMUP_DECODE_TOKENS = 4  # enough steps for late arrivals to join the first warm-up batch
+WARMUP_BATCH_TRIES = 3
+# on CPU a full 2048-token chunk of a small model takes seconds of startup and proves
+# nothing about memory (host RAM is not the limit there): a shorter prompt still runs the
+# chunked-prefill path
+WARMUP_CPU_PREFILL_TOKENS = 256
+
 
 class ClientGone(Exception):
     """The HTTP client disconnected; the engine slot has been released."""
@@ -51,7 +59,7 @@ class ModelService:
         self.metrics = metrics
         self.loaded: loading.Loaded | None = None
         self.engine: Engine | None = None
-        self.ready = False
+        self.loaded_and_warm = False
         self.load_error: str | None = None
         self.inflight = 0
         self.started_at = time.time()
@@ -84,7 +92,7 @@ class ModelService:
             self.engine.start()
             if s.warmup:
                 self._warm_up()
-            self.ready = True
+            self.loaded_and_warm = True
             self.metrics.ready.set(1)
             log.info("ready: serving %s as %r", src.label, self.served_name)
         except Exception as exc:
@@ -95,19 +103,50 @@ class ModelService:
                 self.on_fatal(self.load_error)
 
     def _warm_up(self) -> None:
-        done = threading.Event()
-        result: list[Event] = []
+        """Run the largest shapes once before /health says 200, so a batch or a prompt
+        that does not fit fails the load (and names the flag) instead of a request later:
+        max_batch_size short requests decoding together, then one full prefill chunk."""
+        s, engine = self.settings, self.engine
+        ids = list(self.loaded.tokenizer("Hello", add_special_tokens=True)["input_ids"])
+        for _ in range(WARMUP_BATCH_TRIES):  # arrival races may split the first batch
+            self._warm_run([list(ids) for _ in range(s.max_batch_size)], WARMUP_DECODE_TOKENS,
+                           f"{s.max_batch_size} requests decoding together "
+                           f"(--max-batch-size {s.max_batch_size})")
+            if engine.stats.max_step_rows >= s.max_batch_size:
+                break
+        else:
+            log.warning("warm-up: no decode step ran %d rows together (largest %d)",
+                        s.max_batch_size, engine.stats.max_step_rows)
+        n = min(engine.prefill_chunk, self.max_input_tokens)
+        if engine.device.type == "cpu":
+            n = min(n, WARMUP_CPU_PREFILL_TOKENS)  # startup time, not memory, is at stake
+        filler = list(self.loaded.tokenizer(" hello world" * 8,
+                                            add_special_tokens=False)["input_ids"]) or ids
+        long_prompt = (ids + filler * (n // len(filler) + 1))[:n]
+        self._warm_run([long_prompt], 1, f"a prompt of {n} tokens (one prefill chunk of "
+                                         f"{engine.prefill_chunk}, --max-input-tokens "
+                                         f"{self.max_input_tokens})")
+
+    def _warm_run(self, prompts: list[list[int]], max_new: int, shape: str) -> None:
+        done = threading.Semaphore(0)
+        ends: list[Event] = []
 
         def emit(e: Event) -> None:
             if not isinstance(e, TokenEvent):
-                result.append(e)
-                done.set()
+                ends.append(e)
+                done.release()
 
-        ids = self.loaded.tokenizer("Hello", add_special_tokens=True)["input_ids"]
-        self.engine.submit(Request(list(ids), SamplingParams(max_new_tokens=2, temperature=0),
-                                   emit))
-        if not done.wait(600) or not isinstance(result[0], FinalEvent):
-            raise RuntimeError(f"warm-up generation failed: {result}")
+        for p in prompts:
+            self.engine.submit(Request(p, SamplingParams(
+                max_new_tokens=max_new, temperature=0, ignore_eos=True), emit))
+        for _ in prompts:
+            if not done.acquire(timeout=WARMUP_TIMEOUT):
+                raise RuntimeError(f"warm-up of {shape} did not finish in {WARMUP_TIMEOUT}s")
+        errors = [e.message for e in ends if isinstance(e, ErrorEvent)]
+        if errors:
+            hint = " (out of memory: lower it)" if any(
+                "out of memory" in m.lower() or "OutOfMemory" in m for m in errors) else ""
+            raise RuntimeError(f"warm-up of {shape} failed{hint}: {errors[0]}")
 
     # ---- facts ----------------------------------------------------------------------
     @property
@@ -128,7 +167,18 @@ class ModelService:
     def max_input_tokens(self) -> int:
         return self.settings.max_input_tokens or max(1, self.max_total_tokens - 1)
 
+    @property
+    def broken(self) -> str | None:
+        """Why the engine can no longer serve (a sticky device error), or None."""
+        return self.engine.broken if self.engine else None
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded_and_warm and not self.broken
+
     def require_ready(self) -> None:
+        if self.broken:
+            raise UnavailableError(f"the engine is broken and awaits a restart: {self.broken}")
         if not self.ready:
             raise UnavailableError(
                 "model failed to load: " + self.load_error if self.load_error else
@@ -137,6 +187,7 @@ class ModelService:
 
     def _collect(self) -> None:
         self.metrics.inflight.set(self.inflight)
+        self.metrics.ready.set(1 if self.ready else 0)
         if self.engine:
             st = self.engine.stats
             self.metrics.queue_depth.set(self.engine.queue_depth)
@@ -242,6 +293,8 @@ class ModelService:
                             f"{self.settings.request_timeout:g}s")
                     if ev.kind == "cancelled":
                         raise ClientGone()
+                    if ev.kind == "unavailable":
+                        raise UnavailableError(ev.message)
                     raise GenerationError(ev.message)
                 yield ev
         finally:

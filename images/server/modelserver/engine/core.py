@@ -26,6 +26,7 @@ from . import batch_sampling
 from . import kv as kvops
 from .constrain import ToolCallGrammar
 from .detok import IncrementalDecoder, new_decoder
+from .faults import EngineBroken, describe, fatal_reason, is_oom, probe
 from .prefix import PrefixCache
 from .sampling import Sampler, SamplingParams
 from .text import StopState
@@ -56,7 +57,7 @@ class FinalEvent:
 @dataclass
 class ErrorEvent:
     message: str
-    kind: str = "generation"  # "generation" | "timeout" | "cancelled"
+    kind: str = "generation"  # "generation" | "timeout" | "cancelled" | "unavailable"
 
 
 Event = TokenEvent | FinalEvent | ErrorEvent
@@ -92,9 +93,39 @@ class Stats:
     cached_tokens: int = 0
     steps: int = 0
     step_rows: int = 0  # sum of batch sizes over decode steps: rows/steps = mean batch
+    max_step_rows: int = 0  # the largest batch a decode step has run (warm-up proves it)
+
+
+@dataclass
+class _Batch:
+    """The running batch's state, set aside while part of it is stepped on its own."""
+    rows: list[Request]
+    cache: kvops.SlabCache
+    mask: torch.Tensor
+    pos: torch.Tensor
+    last: torch.Tensor
+
+
+@dataclass
+class _Checkpoint:
+    """The batch just before a decode forward that succeeded (references, no copies): what
+    a failure later in the step (sampling, emitting) is rolled back to."""
+    rows: list[Request]
+    mask: torch.Tensor
+    pos: torch.Tensor
+    last: torch.Tensor
+
+
+class _BatchGone(Exception):
+    """Every row of the step failed: there is nothing left to sample."""
 
 
 class Engine:
+    # set once the device is unusable (a sticky CUDA error): the reason; never cleared,
+    # the process must be restarted
+    broken: str | None = None
+    _checkpoint: _Checkpoint | None = None
+
     def __init__(
         self, model: Any, tokenizer: Any, *, max_batch_size: int, prefix_cache_entries: int,
         on_queue_wait: Callable[[float], None] | None = None, prefill_chunk: int = 2048,
@@ -152,15 +183,24 @@ class Engine:
         while not self._stopping:
             try:
                 self._drain(block=not self._rows and not self._waiting and not self._joining)
+                if self.broken:  # refuse what still arrives until the pod is restarted
+                    self._fail_everything(self.broken)
+                    continue
                 self._admit()
                 if self._rows:
-                    self._decode_step()
-            except Exception as exc:  # never let the loop die: fail the batch, go on
+                    self._step()
+            except EngineBroken as exc:
+                self._break(str(exc))
+            except Exception as exc:  # never let the loop die: fail the batch, keep the queue
                 log.exception("engine step failed")
-                failed = self._rows + [j[0] for j in self._joining] + list(self._waiting)
+                try:
+                    self._check_device(exc)
+                except EngineBroken as broken:
+                    self._break(str(broken))
+                    continue
+                failed = self._rows + [j[0] for j in self._joining]
                 for r in failed:
-                    r.emit(ErrorEvent(f"generation failed: {type(exc).__name__}: {exc}"))
-                self._waiting.clear()
+                    r.emit(ErrorEvent(f"generation failed: {describe(exc)}"))
                 self._joining = []
                 self._reset_batch()
 
@@ -192,9 +232,15 @@ class Engine:
                 self.on_queue_wait(req.started_at - req.enqueued_at)
             try:
                 self._prefill(req)
-            except Exception as exc:
+            except EngineBroken as exc:
+                req.emit(ErrorEvent(f"engine broken: {exc}", "unavailable"))
+                raise
+            except Exception as exc:  # this request's prefill: it alone fails
                 log.exception("prefill failed")
-                req.emit(ErrorEvent(f"generation failed: {type(exc).__name__}: {exc}"))
+                req.emit(ErrorEvent(f"generation failed: {describe(exc)}"))
+                self._check_device(exc)
+                if is_oom(exc):
+                    self._release_memory()
         self._join()
         # requests cancelled while waiting for a slot leave the queue at once
         for req in [r for r in self._waiting if r.cancelled]:
@@ -230,7 +276,8 @@ class Engine:
                 return
             if end < len(ids) and (self._rows or self._joining):
                 self._join()
-                self._decode_step()  # running streams keep flowing during a long prefill
+                if self._rows:
+                    self._step()  # running streams keep flowing during a long prefill
         mask = torch.ones(1, len(ids), dtype=torch.long, device=self.device)
         self.stats.prefill_tokens += len(ids) - reuse
         self.stats.cached_tokens += reuse
@@ -255,7 +302,11 @@ class Engine:
             parts.append((self._cache.tensors(), self._mask))
         parts += [(kv, mask) for _, kv, mask, _ in joining]
         old_cap = self._cache.layers[0].capacity if self._rows else 0
-        self._cache, self._mask = kvops.merge_many(parts, old_cap)
+        try:
+            self._cache, self._mask = kvops.merge_many(parts, old_cap)
+        except Exception as exc:  # the batch is untouched: only the joiners are at stake
+            self._join_failed(joining, exc)
+            return
         pos = torch.tensor([m.shape[1] for _, _, m, _ in joining], device=self.device)
         last = torch.tensor([t for *_, t in joining], device=self.device)
         self._pos = torch.cat([self._pos, pos]) if self._rows else pos
@@ -278,13 +329,7 @@ class Engine:
             self._keep_rows_and_next_tokens(keep)
             if not self._rows:
                 return
-        mask = torch.cat([self._mask, self._mask.new_ones(len(self._rows), 1)], dim=1)
-        # the cache is written in place: one new column per layer, no copy of the past
-        out = self.model(
-            input_ids=self._last.unsqueeze(1), attention_mask=mask,
-            position_ids=self._pos.unsqueeze(1), **{self._cache_kw: self._cache},
-            use_cache=True,
-        )
+        out, mask = self._forward_decode()
         self.stats.steps += 1
         self.stats.step_rows += len(self._rows)
         self._mask = mask
@@ -429,6 +474,214 @@ class Engine:
             seed=p.seed,
         ))
         return True
+
+    # ---- faults: an error fails only the request that caused it -----------------------
+    def _forward_rows(self, rows: list[Request], last: torch.Tensor, mask: torch.Tensor,
+                      pos: torch.Tensor, cache: kvops.SlabCache) -> Any:
+        """The model's decode forward over `rows` (the requests are there to say whose
+        forward it is: tests fail it for one of them)."""
+        return self.model(
+            input_ids=last.unsqueeze(1), attention_mask=mask, position_ids=pos.unsqueeze(1),
+            **{self._cache_kw: cache}, use_cache=True,
+        )
+
+    def _forward_decode(self) -> tuple[Any, torch.Tensor]:
+        """The decode forward over the batch; returns its output and the step's mask.
+
+        The cache is written in place: one new column per layer, no copy of the past. When
+        the forward fails, every layer goes back to the length before the step, the rows
+        that caused it fail and the others run the step again without them."""
+        while True:
+            mask = torch.cat([self._mask, self._mask.new_ones(len(self._rows), 1)], dim=1)
+            try:
+                out = self._forward_rows(self._rows, self._last, mask, self._pos, self._cache)
+            except Exception as exc:
+                self._cache.rollback(self._mask.shape[1])
+                self._drop_failing_rows(exc)
+                if not self._rows:
+                    raise _BatchGone() from exc
+                continue
+            self._checkpoint = _Checkpoint(self._rows, self._mask, self._pos, self._last)
+            if len(self._rows) > self.stats.max_step_rows:
+                self.stats.max_step_rows = len(self._rows)
+            return out, mask
+
+    def _drop_failing_rows(self, exc: Exception) -> None:
+        """After a failed decode forward (cache rolled back): fail the rows that caused it.
+
+        Out of memory: the row holding the most KV (the last joined on a tie) made the
+        batch too large. Any other error: the rows whose forward fails on their own, found
+        by running halves of the batch on copies of their KV."""
+        log.warning("decode forward failed with %d rows: %s", len(self._rows), describe(exc))
+        self._check_device(exc)
+        everyone = list(range(len(self._rows)))
+        if is_oom(exc):
+            lengths = self._mask.sum(dim=1).tolist()
+            bad = [max(everyone, key=lambda i: (lengths[i], i))]
+            self._release_memory()
+        else:
+            bad = self._failing_rows(everyone) or everyone
+        for i in bad:
+            self._rows[i].emit(ErrorEvent(f"generation failed: {describe(exc)}"))
+        self._keep_rows_and_next_tokens([i for i in everyone if i not in bad])
+
+    def _failing_rows(self, idx: list[int]) -> list[int]:
+        """Of the rows `idx`, whose forward together fails, those that fail without the
+        others ([] when each half succeeds alone: the failure needs them together)."""
+        if len(idx) == 1:
+            return idx
+        bad: list[int] = []
+        for part in (idx[: len(idx) // 2], idx[len(idx) // 2:]):
+            cache, mask = kvops.select(self._cache.tensors(), self._mask, part)
+            sel = torch.tensor(part, device=self.device)
+            try:
+                self._forward_rows(
+                    [self._rows[i] for i in part], self._last.index_select(0, sel),
+                    torch.cat([mask, mask.new_ones(len(part), 1)], dim=1),
+                    self._pos.index_select(0, sel), cache)
+            except Exception as exc:
+                self._check_device(exc)
+                bad += self._failing_rows(part) or part
+        return bad
+
+    def _step(self) -> None:
+        """One decode step of the batch, in which an error fails only its culprits."""
+        self._checkpoint = None
+        try:
+            self._decode_step()
+        except EngineBroken:
+            raise
+        except _BatchGone:
+            self._reset_batch()
+        except Exception as exc:
+            ckpt, self._checkpoint = self._checkpoint, None
+            if ckpt is not None and ckpt.rows is self._rows:
+                self._recover_after_forward(ckpt, exc)
+                return
+            # not after a forward of this batch (e.g. dropping rows): its state is unknown
+            log.exception("decode step failed")
+            self._check_device(exc)
+            for r in self._rows:
+                r.emit(ErrorEvent(f"generation failed: {describe(exc)}"))
+            self._reset_batch()
+
+    def _recover_after_forward(self, ckpt: _Checkpoint, exc: Exception) -> None:
+        """The forward succeeded, then picking or emitting one row's token failed.
+
+        Rows are handled in order, so the rows before the culprit have taken this step's
+        token (they keep the new KV column) and the rows after it have not (they go back to
+        before the step and run it again, on their own). When no row took its token, the
+        culprit is unknown: the halves of the batch run the step apart until it is found."""
+        log.warning("decode step failed after its forward: %s", describe(exc))
+        self._check_device(exc)
+        rows, n, past = ckpt.rows, len(ckpt.rows), ckpt.mask.shape[1]
+        # a row's next position is len(prompt) + len(generated) - 1 until it takes a token
+        before = [p - len(r.prompt_ids) + 1 for r, p in zip(rows, ckpt.pos.tolist(),
+                                                             strict=True)]
+        took = [len(r.generated) > g for r, g in zip(rows, before, strict=True)]
+        pending = [i for i in range(n) if not took[i]]
+        if pending and (any(took) or n == 1):
+            rows[pending[0]].emit(ErrorEvent(f"generation failed: {describe(exc)}"))
+            groups = [pending[1:]]
+        else:
+            groups = [pending[: n // 2], pending[n // 2:]]
+        parts: list[_Batch] = []
+        ahead = [i for i in range(n) if took[i] and not self._ended(rows[i])]
+        if ahead:  # their step is done: they keep its column, their next token is known
+            step_mask = torch.cat([ckpt.mask, ckpt.mask.new_ones(n, 1)], dim=1)
+            cache, mask = kvops.select(self._cache.tensors(), step_mask, ahead)
+            sel = torch.tensor(ahead, device=self.device)
+            last = torch.tensor([rows[i].generated[-1] for i in ahead], device=self.device)
+            parts.append(_Batch([rows[i] for i in ahead], cache, mask,
+                                ckpt.pos.index_select(0, sel) + 1, last))
+        full = self._cache
+        full.rollback(past)
+        for group in (g for g in groups if g):
+            cache, mask = kvops.select(full.tensors(), ckpt.mask, group)
+            sel = torch.tensor(group, device=self.device)
+            self._put_batch(_Batch([rows[i] for i in group], cache, mask,
+                                   ckpt.pos.index_select(0, sel),
+                                   ckpt.last.index_select(0, sel)))
+            try:
+                self._step()
+            except EngineBroken as broken:  # the rows set aside are no longer in the batch
+                for r in (r for p in parts for r in p.rows):
+                    r.emit(ErrorEvent(f"engine broken: {broken}", "unavailable"))
+                raise
+            if self._rows:
+                parts.append(_Batch(self._rows, self._cache, self._mask, self._pos,
+                                    self._last))
+        self._reset_batch()
+        if len(parts) == 1:
+            self._put_batch(parts[0])
+        elif parts:
+            cache, mask = kvops.merge_many([(p.cache.tensors(), p.mask) for p in parts])
+            self._put_batch(_Batch([r for p in parts for r in p.rows], cache, mask,
+                                   torch.cat([p.pos for p in parts]),
+                                   torch.cat([p.last for p in parts])))
+
+    def _ended(self, req: Request) -> bool:
+        """Whether the token `_accept` just took finished `req` (its FinalEvent is out): the
+        step broke off before such a row left the batch."""
+        p = req.params
+        if len(req.generated) >= p.max_new_tokens:
+            return True
+        if req.grammar is not None:
+            return req.grammar.done
+        if req.generated[-1] in self.eos_ids and not p.ignore_eos:
+            return True
+        return req.stop is not None and req.stop.stopped_on is not None
+
+    def _put_batch(self, batch: _Batch) -> None:
+        self._rows, self._cache, self._mask = batch.rows, batch.cache, batch.mask
+        self._pos, self._last = batch.pos, batch.last
+        self.stats.batch_size = len(self._rows)
+
+    def _join_failed(self, joining: list[tuple[Request, kvops.KV, torch.Tensor, int]],
+                     exc: Exception) -> None:
+        """Stacking the joiners into the batch failed (out of memory, most likely): the one
+        with the longest prompt fails, the others try again."""
+        log.warning("join of %d requests failed: %s", len(joining), describe(exc))
+        self._check_device(exc)
+        self._release_memory()
+        worst = max(range(len(joining)), key=lambda i: (joining[i][2].shape[1], i))
+        joining[worst][0].emit(ErrorEvent(f"generation failed: {describe(exc)}"))
+        self._joining = joining[:worst] + joining[worst + 1:]
+        self._join()
+
+    def _probe_device(self) -> None:
+        probe(self.device)
+
+    def _check_device(self, exc: Exception) -> None:
+        """Raise EngineBroken when `exc` left the device unusable: a known sticky CUDA
+        error, or a trivial op on the device failing after it."""
+        reason = fatal_reason(exc)
+        if reason is None:
+            try:
+                self._probe_device()
+            except Exception as probe_exc:
+                reason = f"device probe failed after {describe(exc)}: {describe(probe_exc)}"
+        if reason is not None:
+            raise EngineBroken(reason) from exc
+
+    def _break(self, reason: str) -> None:
+        """The device is gone: fail everything in flight with the reason, refuse new work
+        (/health turns 503, the kubelet restarts the pod)."""
+        log.error("engine broken, refusing all work until restarted: %s", reason)
+        self.broken = reason
+        self._fail_everything(reason)
+
+    def _fail_everything(self, reason: str) -> None:
+        failed = self._rows + [j[0] for j in self._joining] + list(self._waiting)
+        self._waiting.clear()
+        self._joining = []
+        self._reset_batch()
+        for r in failed:
+            r.emit(ErrorEvent(f"engine broken: {reason}", "unavailable"))
+
+    def _release_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # hand the failed step's blocks back before retrying
 
 
 def _target_logprobs(logits: torch.Tensor, targets: list[int]) -> list[float]:

@@ -114,6 +114,16 @@ class SlabCache(DynamicCache):
         """Per-layer (keys, values) views of the filled part (no copy)."""
         return [(layer.keys, layer.values) for layer in self.layers]
 
+    def rollback(self, length: int) -> None:
+        """Forget every position from `length` on, in every layer, in place (no copy).
+
+        A forward that fails half-way has written its new column into some layers and not
+        others; this puts all of them back to the length before that step."""
+        for layer in self.layers:
+            if layer.is_initialized and layer.keys.shape[-2] > length:
+                layer.keys = layer.keys[..., :length, :]
+                layer.values = layer.values[..., :length, :]
+
 
 def from_tensors(kv: KV, capacity: int = 0) -> SlabCache:
     """A cache holding a copy of `kv` (callers' tensors are never written)."""

@@ -11,7 +11,9 @@ the whole cache of every layer once per decoded token; at 16 rows × 300 positio
 a third of a CPU decode step. `SlabCache` is a DynamicCache whose layers write new
 positions in place into a buffer with spare capacity (grown geometrically) and hand the
 model views of the filled part, so a decode step writes one column. Whole-cache copies are
-left to joins and leaves, which happen once per request instead of once per token.
+left to joins and leaves, which happen once per request instead of once per token. Under a
+KV budget (budget.py) the engine passes `limit`, the width admission reserved for the batch:
+the slab then has exactly that capacity, no geometric headroom the budget did not count.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-from modeldeploy import contract
+from modeldeploy import contract, quantity
 from modeldeploy.constants import SERVER_MAX_BODY_BYTES, SERVER_REQUEST_TIMEOUT_SECONDS
 
 ENV_PREFIX = "MODELSERVER_"
@@ -170,6 +170,17 @@ class Settings(contract.EngineOptions, ListenerSettings):
     device: str = "auto"
     warmup: bool = True
     prefix_cache_entries: int = 8
+    # KV budget (engine/budget.py): `auto` decides from the memory free after loading
+    kv_cache_memory: str = "auto"
+    prefix_cache_memory: str = "auto"  # auto: a quarter of the KV budget
+
+    @property
+    def kv_cache_bytes(self) -> int | None:
+        return parse_size(self.kv_cache_memory, "kv-cache-memory")
+
+    @property
+    def prefix_cache_bytes(self) -> int | None:
+        return parse_size(self.prefix_cache_memory, "prefix-cache-memory")
 
     def validate(self) -> None:
         if not self.model:
@@ -185,6 +196,13 @@ class Settings(contract.EngineOptions, ListenerSettings):
         for name in ("max_batch_size", "max_concurrent_requests"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.prefix_cache_entries < 0:
+            raise ConfigError("--prefix-cache-entries must be at least 0 (0: no prefix cache)")
+        kv, prefix = self.kv_cache_bytes, self.prefix_cache_bytes
+        if kv is not None and prefix is not None and prefix >= kv:
+            raise ConfigError(f"--prefix-cache-memory {self.prefix_cache_memory} must be "
+                              f"below --kv-cache-memory {self.kv_cache_memory}: the running "
+                              "batch gets the rest")
         if (
             self.max_input_tokens
             and self.max_total_tokens
@@ -216,6 +234,18 @@ class GatewaySettings(ListenerSettings):
         self.validate_listener()
         if self.max_concurrent_requests < 1:
             raise ConfigError("--max-concurrent-requests must be at least 1")
+
+
+def parse_size(text: str, flag: str) -> int | None:
+    """`auto` → None; a size (`2Gi`, `512Mi`, `1G`, bytes) → bytes; else a ConfigError
+    naming `--flag`."""
+    if text.strip().lower() == "auto":
+        return None
+    value = quantity.parse(text.strip())
+    if value is None or value < 1 or value != int(value):
+        raise ConfigError(f"--{flag} {text!r}: `auto` or a size such as 2Gi, 512Mi or a "
+                          "byte count")
+    return int(value)
 
 
 def _env(flag: str) -> str | None:
@@ -315,7 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add(s, "default-top-p", float, default=d.default_top_p)
     _add(s, "tool-call-parser", default=d.tool_call_parser,
          help="|".join(contract.BUILTIN_TOOL_CALL_PARSERS))
-    _add(s, "prefix-cache-entries", int, default=d.prefix_cache_entries)
+    _add(s, "prefix-cache-entries", int, default=d.prefix_cache_entries,
+         help="most prompt prefixes kept for reuse (0: none); --prefix-cache-memory "
+              "bounds their bytes")
+    _add(s, "kv-cache-memory", default=d.kv_cache_memory,
+         help="bytes for all KV cache (batch + prefix cache), e.g. 2Gi; auto: 90%% of the "
+              "memory free after loading less a 1 GiB reserve (GPU: free device memory; "
+              "CPU: the cgroup limit or MemAvailable, less the RSS)")
+    _add(s, "prefix-cache-memory", default=d.prefix_cache_memory,
+         help="the prefix cache's share of --kv-cache-memory, e.g. 512Mi; auto: a quarter")
     _add(s, "no-warmup", action="store_true", help=argparse.SUPPRESS)
 
     g = sub.add_parser("gateway", allow_abbrev=False,

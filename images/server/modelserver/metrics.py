@@ -93,6 +93,15 @@ class Metrics:
         self.decode_rows = Gauge("modelserver_decode_rows_total",
                                  "Sum of batch sizes over decode steps (÷ steps = mean batch)",
                                  registry=r)
+        self.kv_budget = Gauge("modelserver_kv_budget_bytes",
+                               "KV cache budget decided at start (--kv-cache-memory): "
+                               "running batch + prefix cache", registry=r)
+        self.prefix_cache_budget = Gauge("modelserver_prefix_cache_budget_bytes",
+                                         "The prefix cache's share of the KV budget "
+                                         "(--prefix-cache-memory)", registry=r)
+        self.kv_cache_bytes = Gauge("modelserver_kv_cache_bytes",
+                                    "KV cache bytes allocated now, by part (batch, prefix)",
+                                    ["part"], registry=r)
         self.ready = Gauge("modelserver_ready", "1 once the model is loaded and warm",
                            registry=r)
         self._collect_hooks: list[Callable[[], None]] = []

@@ -14,6 +14,7 @@ from starlette.requests import Request as HTTPRequest
 
 from . import fetch, loading
 from .config import Settings
+from .engine import budget as kvbudget
 from .engine.core import Engine, ErrorEvent, Event, FinalEvent, Request, TokenEvent
 from .engine.sampling import SamplingParams
 from .errors import (
@@ -84,10 +85,15 @@ class ModelService:
             src = fetch.resolve(s.model, s.revision, s.model_cache_dir, download=True)
             fetch.verify(src, s.checksum)
             self.loaded = loading.load(src, s.dtype, s.device, s.quantization, s.context_window)
+            # decided after loading: `auto` is what the weights left free
+            budget = kvbudget.decide(s.kv_cache_bytes, s.prefix_cache_bytes,
+                                     self.loaded.model, next(self.loaded.model.parameters()).device)
+            self.metrics.kv_budget.set(budget.total_bytes)
+            self.metrics.prefix_cache_budget.set(budget.prefix_bytes)
             self.engine = Engine(
                 self.loaded.model, self.loaded.tokenizer, max_batch_size=s.max_batch_size,
                 prefix_cache_entries=s.prefix_cache_entries,
-                on_queue_wait=self.metrics.queue_duration.observe,
+                on_queue_wait=self.metrics.queue_duration.observe, kv_budget=budget,
             )
             self.engine.start()
             if s.warmup:
@@ -196,6 +202,10 @@ class ModelService:
             self.metrics.decode_steps.set(st.steps)
             self.metrics.decode_rows.set(st.step_rows)
         self.metrics.batch_max_size.set(self.settings.max_batch_size)
+        if self.engine:
+            batch, prefix = self.engine.kv_bytes()
+            self.metrics.kv_cache_bytes.labels(part="batch").set(batch)
+            self.metrics.kv_cache_bytes.labels(part="prefix").set(prefix)
 
     # ---- requests -------------------------------------------------------------------
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -212,8 +222,12 @@ class ModelService:
                 f"the input has {n_input} tokens, over max_input_tokens "
                 f"{self.max_input_tokens}", param="inputs")
         room = self.max_total_tokens - n_input
+        kv_room = self._kv_room(n_input)
         if max_new is None:
-            return max(1, min(self.settings.default_max_tokens, room))
+            # a default may shrink to what the KV budget holds; an asked-for value may not
+            if kv_room < 1:
+                raise self._over_kv_budget(n_input, None, param)
+            return max(1, min(self.settings.default_max_tokens, room, kv_room))
         if max_new < 1:
             raise ValidationError(f"`{param}` must be at least 1", param=param)
         if n_input + max_new > self.max_total_tokens:
@@ -221,7 +235,27 @@ class ModelService:
                 f"input tokens + `{param}` must be <= max_total_tokens "
                 f"{self.max_total_tokens}: given {n_input} input tokens and {max_new} "
                 f"`{param}`", param=param)
+        if max_new > kv_room:
+            raise self._over_kv_budget(n_input, max_new, param)
         return max_new
+
+    def _kv_room(self, n_input: int) -> int:
+        """The most new tokens a prompt of `n_input` tokens may ask for under the KV
+        budget, alone in the batch (more could never run: it would wait forever)."""
+        budget = self.engine.kv_budget if self.engine else None
+        return budget.max_new_tokens_alone(n_input) if budget else self.max_total_tokens
+
+    def _over_kv_budget(self, n_input: int, max_new: int | None,
+                        param: str) -> ValidationError:
+        budget = self.engine.kv_budget
+        asked = f"{n_input} input tokens + {max_new} `{param}`" if max_new else \
+            f"{n_input} input tokens"
+        return ValidationError(
+            f"{asked} need more KV cache than the server's budget holds for one request "
+            f"(--kv-cache-memory {self.settings.kv_cache_memory}: "
+            f"{budget.batch_bytes} bytes for the batch at {budget.bytes_per_token} "
+            f"bytes/token): at most {max(0, self._kv_room(n_input))} `{param}` for this "
+            "input", param=param if max_new else "inputs")
 
     def acquire(self) -> Slot:
         """Take one of max_concurrent_requests slots, or raise OverloadedError (429)."""
@@ -295,6 +329,8 @@ class ModelService:
                         raise ClientGone()
                     if ev.kind == "unavailable":
                         raise UnavailableError(ev.message)
+                    if ev.kind == "too_large":  # the engine's own never-fits refusal
+                        raise ValidationError(ev.message, param="max_tokens")
                     raise GenerationError(ev.message)
                 yield ev
         finally:

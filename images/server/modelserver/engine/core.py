@@ -24,6 +24,7 @@ import torch
 
 from . import batch_sampling
 from . import kv as kvops
+from .budget import KVBudget, tensor_bytes
 from .constrain import ToolCallGrammar
 from .detok import IncrementalDecoder, new_decoder
 from .faults import EngineBroken, describe, fatal_reason, is_oom, probe
@@ -129,13 +130,17 @@ class Engine:
     def __init__(
         self, model: Any, tokenizer: Any, *, max_batch_size: int, prefix_cache_entries: int,
         on_queue_wait: Callable[[float], None] | None = None, prefill_chunk: int = 2048,
+        kv_budget: KVBudget | None = None,
     ) -> None:
         self.prefill_chunk = prefill_chunk
+        # None: no limit (in-process tools); the server always decides one (budget.decide)
+        self.kv_budget = kv_budget
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.device = next(model.parameters()).device
-        self.prefix = PrefixCache(prefix_cache_entries)
+        self.prefix = PrefixCache(
+            prefix_cache_entries, max_bytes=kv_budget.prefix_bytes if kv_budget else None)
         self.stats = Stats()
         self.on_queue_wait = on_queue_wait
         self.eos_ids = _eos_ids(model, tokenizer)
@@ -219,7 +224,8 @@ class Engine:
 
     def _admit(self) -> None:
         now = time.monotonic()
-        while self._waiting and len(self._rows) + len(self._joining) < self.max_batch_size:
+        while (self._waiting and len(self._rows) + len(self._joining) < self.max_batch_size
+               and self._fits()):
             req = self._waiting.popleft()
             if req.cancelled:
                 req.emit(ErrorEvent("cancelled", "cancelled"))
@@ -246,6 +252,47 @@ class Engine:
         for req in [r for r in self._waiting if r.cancelled]:
             self._waiting.remove(req)
             req.emit(ErrorEvent("cancelled", "cancelled"))
+
+    def _slab_width(self, rows: list[Request]) -> int:
+        """The slab capacity admission reserved for a batch of `rows` (0: no budget, kv.py
+        grows geometrically): no row outgrows its prompt + max_new_tokens."""
+        if self.kv_budget is None:
+            return 0
+        return kvops.align(max(len(r.prompt_ids) + r.params.max_new_tokens for r in rows))
+
+    def _fits(self) -> bool:
+        """Whether the queue's head may be prefilled now: the batch's real allocation once
+        it joins (budget.py: rows × reserved width, left padding included, plus the copies
+        alive during a join or leave) stays within the KV budget. Else it waits; a head
+        that cannot fit even alone is refused here, or it would block the queue forever."""
+        budget = self.kv_budget
+        while budget is not None and self._waiting:
+            req = self._waiting[0]
+            timed_out = req.deadline is not None and time.monotonic() > req.deadline
+            if req.cancelled or timed_out:
+                return True  # _admit drops it without allocating anything
+            prompt = len(req.prompt_ids)
+            if not budget.fits_alone(prompt, req.params.max_new_tokens):
+                self._waiting.popleft()
+                req.emit(ErrorEvent(
+                    f"the prompt ({prompt} tokens) + max_new_tokens "
+                    f"({req.params.max_new_tokens}) need more KV cache than the budget "
+                    f"allows one request: at most "
+                    f"{max(0, budget.max_new_tokens_alone(prompt))} new tokens for this "
+                    f"prompt under --kv-cache-memory ({budget.describe()})", "too_large"))
+                continue
+            joining = [j[0] for j in self._joining] + [req]
+            rows = self._rows + joining
+            need = budget.join_bytes(len(rows), [len(r.prompt_ids) for r in joining],
+                                     self._slab_width(rows))
+            return need <= budget.batch_bytes
+        return bool(self._waiting)  # refusals above may have emptied the queue
+
+    def kv_bytes(self) -> tuple[int, int]:
+        """(batch, prefix cache) KV bytes allocated now; read from any thread."""
+        cache = self._cache
+        batch = tensor_bytes(t for kv in cache.tensors() for t in kv) if cache else 0
+        return batch, self.prefix.bytes
 
     def _prefill(self, req: Request) -> None:
         ids = req.prompt_ids
@@ -303,7 +350,8 @@ class Engine:
         parts += [(kv, mask) for _, kv, mask, _ in joining]
         old_cap = self._cache.layers[0].capacity if self._rows else 0
         try:
-            self._cache, self._mask = kvops.merge_many(parts, old_cap)
+            self._cache, self._mask = kvops.merge_many(
+                parts, old_cap, limit=self._slab_width(self._rows + [r for r, *_ in joining]))
         except Exception as exc:  # the batch is untouched: only the joiners are at stake
             self._join_failed(joining, exc)
             return
@@ -434,7 +482,8 @@ class Engine:
             self._reset_batch()
             return
         self._cache, self._mask = kvops.select(
-            self._cache.tensors(), self._mask, keep, self._cache.layers[0].capacity)
+            self._cache.tensors(), self._mask, keep, self._cache.layers[0].capacity,
+            limit=self._slab_width([self._rows[i] for i in keep]))
         self._pos = self._pos.index_select(0, torch.tensor(keep, device=self.device))
         self._rows = [self._rows[i] for i in keep]
         self.stats.batch_size = len(self._rows)

@@ -11,7 +11,9 @@ the whole cache of every layer once per decoded token; at 16 rows × 300 positio
 a third of a CPU decode step. `SlabCache` is a DynamicCache whose layers write new
 positions in place into a buffer with spare capacity (grown geometrically) and hand the
 model views of the filled part, so a decode step writes one column. Whole-cache copies are
-left to joins and leaves, which happen once per request instead of once per token.
+left to joins and leaves, which happen once per request instead of once per token. Under a
+KV budget (budget.py) the engine passes `limit`, the width admission reserved for the batch:
+the slab then has exactly that capacity, no geometric headroom the budget did not count.
 """
 
 from __future__ import annotations
@@ -27,12 +29,26 @@ KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (keys, values), (B, H
 _ALIGN = 64  # capacity granularity (positions): fewer regrowths, no effect on numerics
 
 
-def capacity_for(length: int, current: int = 0) -> int:
-    """Capacity for `length` positions: keep `current` if it fits, else grow geometrically."""
+def align(n: int) -> int:
+    """`n` positions rounded up to the capacity granularity."""
+    return -(-n // _ALIGN) * _ALIGN
+
+
+def align_down(n: int) -> int:
+    return n // _ALIGN * _ALIGN
+
+
+def capacity_for(length: int, current: int = 0, limit: int = 0) -> int:
+    """Capacity for `length` positions: keep `current` if it fits, else grow geometrically.
+
+    With `limit` (the width the KV budget's admission reserved for the batch, budget.py):
+    exactly that, never geometric headroom beyond it; rows never outgrow it, so the slab is
+    allocated once per join/leave and never regrown in between."""
+    if limit:
+        return align(max(length, limit))
     if current >= length:
         return current
-    want = max(length, 2 * current, length + _ALIGN)
-    return -(-want // _ALIGN) * _ALIGN
+    return align(max(length, 2 * current, length + _ALIGN))
 
 
 class SlabLayer(DynamicLayer):
@@ -42,22 +58,25 @@ class SlabLayer(DynamicLayer):
     filled part: O(new tokens) per step instead of DynamicLayer's O(whole cache) cat.
     """
 
-    def __init__(self, capacity: int = 0) -> None:
+    def __init__(self, capacity: int = 0, limit: int = 0) -> None:
         super().__init__()
         self.capacity_hint = capacity
+        self.limit = limit  # capacity_for's limit: the width admission reserved, 0: none
         self._kbuf: torch.Tensor | None = None
         self._vbuf: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, keys: torch.Tensor, values: torch.Tensor, capacity: int = 0) -> SlabLayer:
-        layer = cls(capacity)
-        layer._adopt(keys, values, capacity_for(keys.shape[-2], capacity))
+    def of(cls, keys: torch.Tensor, values: torch.Tensor, capacity: int = 0,
+           limit: int = 0) -> SlabLayer:
+        layer = cls(capacity, limit)
+        layer._adopt(keys, values, capacity_for(keys.shape[-2], capacity, limit))
         return layer
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         empty_k = key_states[..., :0, :]
         empty_v = value_states[..., :0, :]
-        self._adopt(empty_k, empty_v, capacity_for(key_states.shape[-2], self.capacity_hint))
+        self._adopt(empty_k, empty_v,
+                    capacity_for(key_states.shape[-2], self.capacity_hint, self.limit))
 
     def _adopt(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
         """Copy `keys`/`values` into fresh buffers of `capacity` positions."""
@@ -89,7 +108,7 @@ class SlabLayer(DynamicLayer):
         n = self.keys.shape[-2]
         end = n + key_states.shape[-2]
         if not self._owned() or end > self._kbuf.shape[-2]:
-            self._adopt(self.keys, self.values, capacity_for(end, self.capacity))
+            self._adopt(self.keys, self.values, capacity_for(end, self.capacity, self.limit))
         self._kbuf[..., n:end, :].copy_(key_states)
         self._vbuf[..., n:end, :].copy_(value_states)
         self.keys = self._kbuf[..., :end, :]
@@ -104,11 +123,11 @@ class SlabLayer(DynamicLayer):
 class SlabCache(DynamicCache):
     """A DynamicCache (so models accept it as their own) made of `SlabLayer`s."""
 
-    def __init__(self, kv: KV | None = None, capacity: int = 0) -> None:
+    def __init__(self, kv: KV | None = None, capacity: int = 0, limit: int = 0) -> None:
         if kv:
-            Cache.__init__(self, layers=[SlabLayer.of(k, v, capacity) for k, v in kv])
+            Cache.__init__(self, layers=[SlabLayer.of(k, v, capacity, limit) for k, v in kv])
         else:
-            Cache.__init__(self, layer_class_to_replicate=lambda: SlabLayer(capacity))
+            Cache.__init__(self, layer_class_to_replicate=lambda: SlabLayer(capacity, limit))
 
     def tensors(self) -> KV:
         """Per-layer (keys, values) views of the filled part (no copy)."""
@@ -135,7 +154,7 @@ def crop(kv: KV, length: int) -> KV:
 
 
 def merge_many(
-    parts: Sequence[tuple[KV, torch.Tensor]], capacity: int = 0
+    parts: Sequence[tuple[KV, torch.Tensor]], capacity: int = 0, limit: int = 0
 ) -> tuple[SlabCache, torch.Tensor]:
     """Stack left-padded batches (kv, 2-D mask) row-wise into one new SlabCache.
 
@@ -144,7 +163,7 @@ def merge_many(
     """
     t = max(mask.shape[1] for _, mask in parts)
     rows = sum(mask.shape[0] for _, mask in parts)
-    cap = capacity_for(t + 1, capacity)  # room for at least the next decode step
+    cap = capacity_for(t + 1, capacity, limit)  # room for at least the next decode step
     first_mask = parts[0][1]
     mask = first_mask.new_zeros(rows, t)
     n_layers = len(parts[0][0])
@@ -160,7 +179,7 @@ def merge_many(
             kbuf[r:r + b, :, t - tb:t].copy_(k)
             vbuf[r:r + b, :, t - tb:t].copy_(v)
             r += b
-        layer = SlabLayer(cap)
+        layer = SlabLayer(cap, limit)
         layer.device, layer.dtype = k0.device, k0.dtype
         layer._kbuf, layer._vbuf = kbuf, vbuf
         layer.keys, layer.values = kbuf[..., :t, :], vbuf[..., :t, :]
@@ -177,7 +196,7 @@ def merge_many(
 
 
 def select(kv: KV, mask: torch.Tensor, rows: list[int],
-           capacity: int = 0) -> tuple[SlabCache, torch.Tensor]:
+           capacity: int = 0, limit: int = 0) -> tuple[SlabCache, torch.Tensor]:
     """Keep `rows`, then drop leading columns that are padding in every kept row."""
     idx = torch.tensor(rows, device=mask.device)
     mask = mask.index_select(0, idx)
@@ -189,4 +208,4 @@ def select(kv: KV, mask: torch.Tensor, rows: list[int],
          v.index_select(0, idx.to(v.device))[..., first:, :])
         for k, v in kv
     ]
-    return SlabCache(kept, capacity_for(mask.shape[1] + 1, capacity)), mask
+    return SlabCache(kept, capacity_for(mask.shape[1] + 1, capacity, limit), limit), mask

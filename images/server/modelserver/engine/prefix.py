@@ -1,7 +1,12 @@
 """Prefix reuse: keep the prompt KV of recent requests and start new prompts from the
 longest shared prefix (Clawdbot re-sends the same multi-thousand-token system prompt and
 tools on every turn). Causal attention makes a prefix's keys/values independent of what
-follows, so reusing them is exact up to floating-point order."""
+follows, so reusing them is exact up to floating-point order.
+
+Bounded by bytes (the prefix cache's share of the KV budget, budget.py) and by a count of
+entries: a 10k-token prompt of a small fp32 model is ~450 MiB of KV, so a count alone let
+eight of them hold gigabytes. An entry is charged the whole buffers its tensors keep alive.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from collections import OrderedDict
 
 import torch
 
+from .budget import tensor_bytes
 from .kv import KV, crop
 
 
@@ -23,12 +29,20 @@ def _common_prefix(a: list[int], b: tuple[int, ...]) -> int:
     return int(diff[0]) if diff.numel() else n
 
 
+def kv_bytes(kv: KV) -> int:
+    """What keeping `kv` costs: every buffer it views, counted whole."""
+    return tensor_bytes(t for pair in kv for t in pair)
+
+
 class PrefixCache:
-    def __init__(self, max_entries: int = 8, min_tokens: int = 16) -> None:
+    def __init__(self, max_entries: int = 8, min_tokens: int = 16,
+                 max_bytes: int | None = None) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes  # None: no byte bound (in-process use without a budget)
         self.min_tokens = min_tokens
-        self._entries: OrderedDict[tuple[int, ...], KV] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, ...], tuple[KV, int]] = OrderedDict()
         self._lock = threading.Lock()
+        self.bytes = 0  # held by the entries now
         self.hits = 0
         self.hit_tokens = 0
 
@@ -38,7 +52,7 @@ class PrefixCache:
             return 0, None
         best, best_kv, best_key = 0, None, None
         with self._lock:
-            for key, kv in self._entries.items():
+            for key, (kv, _) in self._entries.items():
                 n = min(_common_prefix(prompt, key), len(prompt) - 1)
                 if n > best:
                     best, best_kv, best_key = n, kv, key
@@ -52,11 +66,20 @@ class PrefixCache:
     def store(self, prompt: list[int], kv: KV) -> None:
         if self.max_entries <= 0 or len(prompt) < self.min_tokens:
             return
+        size = kv_bytes(kv)
+        if self.max_bytes is not None and size > self.max_bytes:
+            return  # larger than the whole share: storing it would evict everything
         key = tuple(prompt)
         with self._lock:
             # an entry that is a prefix of the new prompt is now redundant
             for old in [k for k in self._entries if len(k) <= len(key) and key[: len(k)] == k]:
-                del self._entries[old]
-            self._entries[key] = kv
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+                self._drop(old)
+            self._entries[key] = (kv, size)
+            self.bytes += size
+            while len(self._entries) > self.max_entries or (
+                    self.max_bytes is not None and self.bytes > self.max_bytes):
+                self._drop(next(iter(self._entries)))  # least recently used first
+
+    def _drop(self, key: tuple[int, ...]) -> None:
+        _, size = self._entries.pop(key)
+        self.bytes -= size

@@ -132,7 +132,7 @@ print(random_model(sys.argv[1], "bfloat16", sys.argv[2], sys.argv[3]))' \
     --concurrency $LEVELS --min-requests "$MIN_REQUESTS" --prompt-tokens "$PROMPT_TOKENS" \
     --output-tokens "$OUTPUT_TOKENS" --threads "$THREADS" --logdir "$RESULTS/logs-$model" \
     --out "$out" || echo "!! $model sweep stopped (cap $limit s or error); engines done so far are kept"
-  [[ -f $out ]] && reports+=("$out")
+  if [[ -f $out ]]; then reports+=("$out"); fi
 done
 
 # ---------------------------------------------------------------- report

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -87,6 +88,7 @@ def describe(device: str, gib: float, repeats: int) -> dict[str, Any]:
         "copy_ms": [round(t * 1000, 3) for t in times],
         "datasheet_bandwidth_gbs": datasheet_gbs(card),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
     }
 
 

@@ -102,6 +102,10 @@ def silence_textless(model, tok) -> int:
     return len(silent)
 
 
+def random_model_dir(name: str, dtype: str = "bfloat16") -> Path:
+    return CACHE / f"{name}-random-{dtype}-textonly"  # "textonly": silence_textless ran
+
+
 def random_model(name: str, dtype: str = "bfloat16", device: str = "cpu",
                  tokenizer: str = "") -> Path:
     """A directory with random weights for CONFIGS[name] (its real vocabulary size, so the
@@ -110,7 +114,7 @@ def random_model(name: str, dtype: str = "bfloat16", device: str = "cpu",
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    path = CACHE / f"{name}-random-{dtype}-textonly"  # built with silence_textless
+    path = random_model_dir(name, dtype)
     if (path / "config.json").exists() and (path / "tokenizer_config.json").exists():
         return path
     path.mkdir(parents=True, exist_ok=True)

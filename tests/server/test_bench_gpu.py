@@ -128,5 +128,18 @@ def test_gpu_sh_dry_run_serves_text_for_every_token(bundle: Path, tmp_path: Path
         assert r["tokens_per_request"] == [8], r
         # Qwen's 152k vocabulary, SmolLM2's 49k tokenizer: every token still streams text
         assert r["tokens_without_text"] == 0, r
+    # ... because no id without text can win greedy decoding: its LM-head row (tied to the
+    # embeddings here, as in Qwen2.5-0.5B) is zero; past the tokenizer that is most ids
+    from safetensors.torch import load_file
+    from server_bench import random_model_dir
+
+    weights = load_file(random_model_dir("qwen-tiny") / "model.safetensors")
+    head = weights.get("lm_head.weight", weights["model.embed_tokens.weight"])
+    from transformers import AutoTokenizer
+
+    n_tok = len(AutoTokenizer.from_pretrained(bundle / "tokenizer"))
+    assert head.shape[0] > n_tok  # Qwen's vocabulary, larger than SmolLM2's tokenizer
+    assert not head[n_tok:].any()
+    assert head[:n_tok].abs().sum(dim=1).count_nonzero() > n_tok * 0.9
     report = (out / "gpu-report.txt").read_text()
     assert "qwen-tiny" in report and "ceiling: decode step >=" in report

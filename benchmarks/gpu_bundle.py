@@ -130,6 +130,11 @@ def install(bundle: Path, target: Path, method: str) -> int:
             raise SystemExit(f"pip could not install the bundle for Python "
                              f"{sys.version.split()[0]}; wheels are for {', '.join(PYTHONS)}")
     else:
+        try:
+            import packaging.tags  # noqa: F401 - transformers depends on it
+        except ImportError:
+            raise SystemExit(f"{sys.executable} has neither pip nor packaging: cannot "
+                             "match wheels to it") from None
         chosen = matching_wheels(wheels)
         wanted = {r.split("==")[0].replace("_", "-").lower()
                   for r in reqs.read_text().split()}

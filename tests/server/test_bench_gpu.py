@@ -143,3 +143,21 @@ def test_gpu_sh_dry_run_serves_text_for_every_token(bundle: Path, tmp_path: Path
     assert head[:n_tok].abs().sum(dim=1).count_nonzero() > n_tok * 0.9
     report = (out / "gpu-report.txt").read_text()
     assert "qwen-tiny" in report and "ceiling: decode step >=" in report
+
+
+def run_gpu_sh(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")],
+                          env={**os.environ, "OUT_DIR": str(tmp_path / "out"), **env},
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+
+def test_gpu_sh_refuses_clearly_without_bundle_or_cuda(bundle: Path, tmp_path: Path) -> None:
+    proc = run_gpu_sh(tmp_path, PY=sys.executable, GPU_BUNDLE=str(tmp_path / "none"))
+    assert proc.returncode == 2 and "run 'make gpu-bundle'" in proc.stderr, proc.stderr
+    proc = run_gpu_sh(tmp_path, PY=str(tmp_path / "no-python"), GPU_BUNDLE=str(bundle))
+    assert proc.returncode == 2 and "set PY to a Python >= 3.11" in proc.stderr, proc.stderr
+    # this machine has no GPU: the real run must stop at the preflight, before any model
+    proc = run_gpu_sh(tmp_path, PY=sys.executable, GPU_BUNDLE=str(bundle))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "sees no CUDA device" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from server_bench import prompts, smollm2_gguf, start_ready  # noqa: E402
+from server_bench import prompts, silence_textless, smollm2_gguf, start_ready  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench-models"
@@ -111,16 +111,9 @@ def build(name: str, cache: Path) -> Path:
                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **fields)
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
-    # Random weights make greedy decoding stick to one token. A special token decodes to
-    # "" and a byte piece to part of a character (held back by the server): a stream would
-    # carry no text to time. Zero LM-head rows give logit 0, below the max of thousands of
-    # random logits, so only tokens that decode to whole text on their own are picked.
-    texts = tok.batch_decode([[i] for i in range(vocab)])
-    silent = sorted({i for i in tok.all_special_ids if i < vocab}
-                    | {i for i, t in enumerate(texts) if not t or "\ufffd" in t})
-    with torch.no_grad():
-        model.lm_head.weight[silent] = 0
-    log(f"{len(silent)} tokens that decode to no whole text are never picked")
+    # a stream must carry text for every token to time it (see silence_textless)
+    silent = silence_textless(model, tok)
+    log(f"{silent} tokens that decode to no whole text are never picked")
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path

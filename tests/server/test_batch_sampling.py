@@ -263,3 +263,59 @@ def test_engine_copies_tokens_to_the_host_once_per_step(tiny, monkeypatch) -> No
     assert not errors, errors
     assert len(counts) >= 6
     assert counts == [1] * len(counts), counts
+
+
+def _generate(engine, reqs: list[tuple[list[int], SamplingParams]]) -> list[list[int]]:
+    from modelserver.engine.core import ErrorEvent, FinalEvent, Request, TokenEvent
+
+    out: list[list[int]] = [[] for _ in reqs]
+    done = threading.Semaphore(0)
+    errors: list[object] = []
+
+    def emitter(i: int):
+        def emit(ev) -> None:
+            if isinstance(ev, TokenEvent):
+                out[i].append(ev.id)
+            elif isinstance(ev, FinalEvent | ErrorEvent):
+                if isinstance(ev, ErrorEvent):
+                    errors.append(ev)
+                done.release()
+        return emit
+
+    for i, (ids, p) in enumerate(reqs):
+        engine.submit(Request(list(ids), p, emitter(i)))
+    for _ in reqs:
+        assert done.acquire(timeout=120)
+    assert not errors, errors
+    return out
+
+
+def test_engine_seeded_rows_give_their_solo_tokens_when_batched(tiny) -> None:
+    """The engine end to end: seeded sampled requests (top-p, top-k, penalties) next to
+    greedy ones return exactly the tokens each returns alone."""
+    from modelserver.engine.core import Engine
+
+    model, tok = tiny
+    kinds = [dict(temperature=1.0, top_p=0.9, seed=5), dict(temperature=0),
+             dict(temperature=0.8, top_k=20, seed=6, repetition_penalty=1.3),
+             dict(temperature=1.2, seed=7, presence_penalty=0.5, frequency_penalty=0.2)]
+    reqs = [(list(range(20 + 3 * i, 30 + 5 * i)),
+             SamplingParams(max_new_tokens=12 + i, ignore_eos=True, **kinds[i % 4]))
+            for i in range(6)]
+    solo_engine = Engine(model, tok, max_batch_size=1, prefix_cache_entries=0)
+    solo_engine.start()
+    try:
+        solo = [_generate(solo_engine, [r])[0] for r in reqs]
+    finally:
+        solo_engine.stop()
+    engine = Engine(model, tok, max_batch_size=6, prefix_cache_entries=0)
+    engine.start()
+    try:
+        # the same requests (fresh generators: same seeds), submitted in reverse order
+        batched = _generate(engine, [(ids, SamplingParams(**p.__dict__))
+                                     for ids, p in reversed(reqs)])[::-1]
+    finally:
+        engine.stop()
+    assert engine.stats.step_rows / engine.stats.steps > 2, "requests were not batched"
+    assert len({tuple(s) for s in solo}) == len(solo)
+    assert batched == solo

@@ -29,7 +29,9 @@ from .metrics import Metrics
 log = logging.getLogger("modelserver.service")
 
 WARMUP_TIMEOUT = 600  # seconds per warm-up shape: a big model's first CUDA kernels compile
-WARMUP_DECODE_TOKENS = 4  # enough steps for late arrivals to join the first warm-up batch
+# the first token comes from the prefill, the second from one decode step of the whole
+# batch; a request that arrived too late for that step makes the warm-up try again
+WARMUP_DECODE_TOKENS = 2
 WARMUP_BATCH_TRIES = 3
 # on CPU the full 2048-token chunk proves nothing about memory (host RAM is not the limit
 # there) and costs startup: SmolLM2 on a loaded 2-core machine took 84 s for it, 24 s at

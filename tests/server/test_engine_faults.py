@@ -13,6 +13,7 @@ import pytest
 import torch
 from modelserver.engine.core import Engine, ErrorEvent, FinalEvent, Request, TokenEvent
 from modelserver.engine.sampling import SamplingParams
+from modelserver.service import WARMUP_CPU_PREFILL_TOKENS
 
 pytestmark = pytest.mark.server
 
@@ -33,6 +34,25 @@ def _prompts(n: int, long_one: int | None = None) -> list[list[int]]:
     if long_one is not None:  # holds the most KV of all
         out[long_one] = torch.randint(5, 500, (70,), generator=g).tolist()
     return out
+
+
+def test_rollback_puts_every_layer_back_in_place():
+    from modelserver.engine import kv as kvops
+
+    g = torch.Generator().manual_seed(0)
+    kv = [(torch.randn(2, 2, 5, 4, generator=g), torch.randn(2, 2, 5, 4, generator=g))
+          for _ in range(3)]
+    cache = kvops.from_tensors(kv, capacity=64)
+    buffers = [layer._kbuf.data_ptr() for layer in cache.layers]
+    for li in range(2):  # a forward that failed after two of three layers wrote a column
+        cache.update(torch.ones(2, 2, 1, 4), torch.ones(2, 2, 1, 4), li)
+    cache.rollback(5)
+    assert [layer.keys.shape[-2] for layer in cache.layers] == [5, 5, 5]
+    for li in range(3):
+        k, v = cache.update(torch.full((2, 2, 1, 4), 7.0), torch.full((2, 2, 1, 4), 7.0), li)
+        assert torch.equal(k[..., :5, :], kv[li][0]) and torch.equal(v[..., :5, :], kv[li][1])
+        assert bool((k[..., 5, :] == 7).all()) and k.shape[-2] == 6
+    assert [layer._kbuf.data_ptr() for layer in cache.layers] == buffers  # no copy
 
 
 @dataclass
@@ -95,19 +115,28 @@ def test_oom_in_decode_fails_only_the_request_that_made_the_batch_too_large(tiny
     engine = _engine(tiny)
     culprit = prompts[5]
     real = engine._forward_rows
-    fired = []
+    stepping, fired = [], []
 
     def forward(rows, *args):
-        if any(r.prompt_ids == culprit for r in rows):
-            fired.append(len(rows))
+        stepping[:] = rows
+        try:
+            return real(rows, *args)
+        finally:
+            stepping.clear()
+
+    def second_layer(module, args):
+        # inside the model: the first layer has written this step's KV column already
+        if any(r.prompt_ids == culprit for r in stepping):
+            fired.append(len(stepping))
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(rows, *args)
 
     engine._forward_rows = forward
+    hook = engine.model.model.layers[1].register_forward_pre_hook(second_layer)
     try:
         outs = [_submit(engine, p) for p in prompts]  # 8 in the batch, 4 queued
         _check(outs, ref, {5}, "OutOfMemoryError")
     finally:
+        hook.remove()
         engine.stop()
     assert len(fired) == 1, fired  # it failed once and was never tried again
     assert engine.stats.max_step_rows == 8
@@ -305,8 +334,8 @@ def test_warm_up_runs_the_largest_batch_and_a_full_prefill_chunk(tiny_model):
         assert svc.ready, svc.load_error
         st = svc.engine.stats
         assert st.max_step_rows == 6  # six requests decoded in one step
-        # six short prompts and one long one: the long one alone is over the shorts' sum
-        assert st.prefill_tokens >= 256
+        # and one long prompt (on CPU: the capped chunk) after the six short ones
+        assert st.prefill_tokens >= WARMUP_CPU_PREFILL_TOKENS + 6
     finally:
         svc.stop()
 

@@ -30,12 +30,15 @@ from .metrics import Metrics
 log = logging.getLogger("modelserver.service")
 
 WARMUP_TIMEOUT = 600  # seconds per warm-up shape: a big model's first CUDA kernels compile
-WARMUP_DECODE_TOKENS = 4  # enough steps for late arrivals to join the first warm-up batch
+# the first token comes from the prefill, the second from one decode step of the whole
+# batch; a request that arrived too late for that step makes the warm-up try again
+WARMUP_DECODE_TOKENS = 2
 WARMUP_BATCH_TRIES = 3
-# on CPU a full 2048-token chunk of a small model takes seconds of startup and proves
-# nothing about memory (host RAM is not the limit there): a shorter prompt still runs the
-# chunked-prefill path
-WARMUP_CPU_PREFILL_TOKENS = 256
+# on CPU the full 2048-token chunk proves nothing about memory (host RAM is not the limit
+# there) and costs startup: SmolLM2 on a loaded 2-core machine took 84 s for it, 24 s at
+# 256 tokens, 2 s for the old warm-up (benchmarks/results/warmup-startup-cap256.json); a
+# short prompt still runs the multi-token prefill path
+WARMUP_CPU_PREFILL_TOKENS = 32
 
 
 class ClientGone(Exception):

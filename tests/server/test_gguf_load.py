@@ -76,3 +76,17 @@ def test_gguf_loads_unpacked_in_the_requested_dtype_like_its_dense_copy(
     a = _greedy(gg, "What is the capital of France?", 12)
     assert a == _greedy(dense, "What is the capital of France?", 12)
     assert "Paris" in gg.tokenizer.decode(a), gg.tokenizer.decode(a)
+
+
+def test_gguf_with_int8_quantizes_the_unpacked_linears(smollm_gguf: Path) -> None:
+    """--quantization int8 applies to a .gguf as to a dense checkpoint: after unpacking."""
+    from modelserver.quant import Int8Linear
+
+    q = load(LocalModel(smollm_gguf.parent, smollm_gguf.name), dtype="bfloat16",
+             device="cpu", quantization="int8")
+    int8 = [m for m in q.model.modules() if isinstance(m, Int8Linear)]
+    assert len(int8) == 30 * 7  # every attention and MLP projection of the 30 layers
+    assert packed_weights(q.model) == []
+    assert {p.dtype for p in q.model.parameters()} == {torch.bfloat16}  # embedding, norms
+    answer = q.tokenizer.decode(_greedy(q, "What is the capital of France?", 12))
+    assert "Paris" in answer, answer

@@ -7,13 +7,17 @@ model, and with int8 the full-precision model never exists anywhere. benchmarks/
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from . import streaming
@@ -93,6 +97,64 @@ def _rope_scaling(config: Any, wanted: int | None) -> ContextInfo:
     return ContextInfo(native, wanted, scaling)
 
 
+def _gguf_kwargs(gguf_file: str) -> dict[str, Any]:
+    """from_pretrained arguments that unpack a .gguf's weights once, at load.
+
+    transformers >= 5.2x may otherwise keep them packed (GgufLinear) whenever the `kernels`
+    package and a hub kernel are at hand, and then unpack them in every forward on the host
+    (see transformers/quantizers/quantizer_gguf.py). Unpacked, they are plain nn.Linear
+    weights in the requested dtype, so --dtype and --quantization int8 apply to them as to
+    any dense checkpoint. Older transformers have no GgufConfig and always unpack."""
+    kw: dict[str, Any] = {"gguf_file": gguf_file}
+    gguf_config = getattr(transformers, "GgufConfig", None)
+    if gguf_config is not None:
+        kw["quantization_config"] = gguf_config(dequantize=True)
+    return kw
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """Within the block, each .gguf file is parsed once and each gguf tensor-name map built
+    once.
+
+    transformers reads the file anew for the tokenizer, the config and the weights, each
+    time parsing every metadata field (the whole vocabulary) in Python, and its weight
+    mapping builds gguf's TensorNameMap again for each of the model's modules (~400 for
+    SmolLM2): together most of a GGUF load (benchmarks/RESULTS.md §9). Both are only read by
+    their users, and transformers imports them from `gguf` at call time, so sharing them for
+    the load is safe; the originals are back (and the file unmapped) when it ends."""
+    try:
+        import gguf
+    except ImportError:  # transformers will say gguf is needed
+        yield
+        return
+    reader_cls = getattr(gguf, "GGUFReader", None)
+    name_map = getattr(gguf, "get_tensor_name_map", None)
+    if reader_cls is None or name_map is None:  # a gguf release we do not know: as is
+        yield
+        return
+    readers: dict[tuple[str, str], Any] = {}
+
+    def reader(path: Any, mode: str = "r") -> Any:
+        key = (os.fspath(path), mode)
+        if key not in readers:
+            readers[key] = reader_cls(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.lru_cache(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader_cls, name_map
+        readers.clear()
+
+
+def packed_weights(model: Any) -> list[str]:
+    """Names of parameters that are not plain floating-point weights (packed GGUF blocks
+    are uint8); empty for a model that runs plain matmuls."""
+    return [n for n, p in model.named_parameters() if not p.is_floating_point()]
+
+
 def _load_model(src: LocalModel, config: Any, dtype: torch.dtype, device_map: str,
                 int8: bool) -> tuple[Any, int, str]:
     """(model, parameter count before int8, "streaming" or why not): streamed when the
@@ -106,7 +168,7 @@ def _load_model(src: LocalModel, config: Any, dtype: torch.dtype, device_map: st
             return (*streaming.load(src.directory, config, dtype, device_map, int8), "streaming")
         except streaming.NotStreamable as e:
             why = str(e)
-    kw: dict[str, Any] = {"gguf_file": src.gguf_file} if src.gguf_file else {}
+    kw: dict[str, Any] = _gguf_kwargs(src.gguf_file) if src.gguf_file else {}
     if src.gguf_file and device_map != "auto":
         # as before streaming existed: load on the host, then move
         model = AutoModelForCausalLM.from_pretrained(
@@ -117,6 +179,10 @@ def _load_model(src: LocalModel, config: Any, dtype: torch.dtype, device_map: st
     if model.dtype != dtype:
         model = model.to(dtype)  # GGUF dequantizes to float32 first
     model.eval()
+    if src.gguf_file and (left := packed_weights(model)):
+        # what transformers did not unpack would be unpacked again in every forward
+        log.warning("GGUF weights still packed after loading (%d, e.g. %s): every forward"
+                    " unpacks them", len(left), left[0])
     params = sum(p.numel() for p in model.parameters())  # before int8 turns some into buffers
     if int8:
         log.warning("int8 after a full-precision load (%s): peak memory is the"
@@ -137,14 +203,15 @@ def load(
     kw: dict[str, Any] = {}
     if src.gguf_file:
         kw["gguf_file"] = src.gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(str(src.directory), **kw)
-    config = AutoConfig.from_pretrained(str(src.directory), **kw)
-    context = _rope_scaling(config, context_window)
-    # one device: materialise each tensor there (no host copy of the model first);
-    # several GPUs: spread layers over all visible ones
-    device_map = "auto" if dev == "cuda" and torch.cuda.device_count() > 1 else dev
-    model, params, loader = _load_model(src, config, torch_dtype, device_map,
-                                        quantization == "int8")
+    with _gguf_parsed_once() if src.gguf_file else contextlib.nullcontext():
+        tokenizer = AutoTokenizer.from_pretrained(str(src.directory), **kw)
+        config = AutoConfig.from_pretrained(str(src.directory), **kw)
+        context = _rope_scaling(config, context_window)
+        # one device: materialise each tensor there (no host copy of the model first);
+        # several GPUs: spread layers over all visible ones
+        device_map = "auto" if dev == "cuda" and torch.cuda.device_count() > 1 else dev
+        model, params, loader = _load_model(src, config, torch_dtype, device_map,
+                                            quantization == "int8")
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     if dev == "cpu" and params < 20_000_000 and "OMP_NUM_THREADS" not in os.environ:

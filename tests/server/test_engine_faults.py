@@ -239,17 +239,21 @@ def test_error_in_one_rows_sampling_fails_only_that_row(tiny, culprit):
     engine = _engine(tiny)
     real = engine._pick
 
-    def pick(req, logits):
-        if req.prompt_ids == prompts[culprit] and len(req.generated) == 3:
+    def pick(rows, logits):
+        # the step's rows are sampled together: the culprit's failure is the batch's, and
+        # the engine has to find whose it is
+        if any(r.prompt_ids == prompts[culprit] and len(r.generated) == 3 for r in rows):
             raise KeyError("injected sampling failure")
-        return real(req, logits)
+        return real(rows, logits)
 
     engine._pick = pick
     try:
         outs = []
         for p in prompts:  # in order: row i of the batch is request i
             outs.append(_submit(engine, p))
-            while not outs[-1].tokens:
+            deadline = time.monotonic() + 120
+            while not outs[-1].tokens and not outs[-1].done.is_set():
+                assert time.monotonic() < deadline, "no first token"
                 time.sleep(0.005)
         _check(outs, ref, {culprit}, "injected sampling failure")
     finally:

@@ -120,7 +120,7 @@ def _gguf_parsed_once() -> Iterator[None]:
     transformers reads the file anew for the tokenizer, the config and the weights, each
     time parsing every metadata field (the whole vocabulary) in Python, and its weight
     mapping builds gguf's TensorNameMap again for each of the model's modules (~400 for
-    SmolLM2): together most of a GGUF load (benchmarks/RESULTS.md §9). Both are only read by
+    SmolLM2): together most of a GGUF load (benchmarks/RESULTS.md §10). Both are only read by
     their users, and transformers imports them from `gguf` at call time, so sharing them for
     the load is safe; the originals are back (and the file unmapped) when it ends."""
     try:

@@ -51,3 +51,11 @@ CONTAINERD_ROOT="$NODE_DIR/containerd"
 RUN_DIR="$NODE_DIR/run"
 CONTAINERD_SOCK="$RUN_DIR/containerd/containerd.sock"
 KUBELET_DIR="$RUN_DIR/kubelet"
+
+# Poll a command until it succeeds (node.sh and images.sh both wait on the node).
+wait_until() {  # wait_until <seconds> <what> <cmd...>
+  local seconds="$1" what="$2"; shift 2
+  for _ in $(seq $((seconds * 2))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
+  echo "timed out after ${seconds}s waiting for $what" >&2
+  return 1
+}

@@ -155,7 +155,7 @@ imported_hash() {  # the label on the node's copy of an image, if any
 # find them without a registry: streamed (no archive on disk) and uncompressed (a local
 # copy needs no gzip).
 import() {
-  local name ref hash start
+  local name ref hash start imported=0
   "${CTR[@]}" version >/dev/null 2>&1 || { echo "the real node's containerd is not running ($CONTAINERD_SOCK)" >&2; exit 1; }
   mkdir -p "$WORK"
   for name in "$@"; do
@@ -172,8 +172,13 @@ import() {
     "${CTR[@]}" images label "$ref" "$LABEL=$hash" >/dev/null
     discard_layer_blobs "$ref"
     echo "$ref: imported in $((SECONDS - start)) s"
+    imported=1
   done
-  wait_for_no_disk_pressure
+  ((imported)) || return 0
+  wait_until 120 "node $NODE_NAME's disk-pressure taint to lift" no_disk_pressure || {
+    echo "$(df -h --output=avail "$CONTAINERD_ROOT" | tail -1) free under $CONTAINERD_ROOT" >&2
+    exit 1
+  }
 }
 
 # An import holds the image twice for a while (its layer tarballs, then the unpacked
@@ -196,16 +201,9 @@ check_room_to_import() {  # check_room_to_import <ref>
 }
 
 # The kubelet may still have seen the import's peak: wait for its taint to lift.
-wait_for_no_disk_pressure() {
-  local i
-  for ((i = 0; i < 120; i++)); do
-    "${KCTL[@]}" get node "$NODE_NAME" -o jsonpath='{.spec.taints[*].key}' 2>/dev/null \
-      | grep -qw node.kubernetes.io/disk-pressure || return 0
-    ((i % 10)) || say "node $NODE_NAME has disk-pressure; waiting for it to lift"
-    sleep 1
-  done
-  echo "node $NODE_NAME still has disk-pressure after 120 s ($(df -h --output=avail "$CONTAINERD_ROOT" | tail -1) free under $CONTAINERD_ROOT)" >&2
-  exit 1
+no_disk_pressure() {
+  ! "${KCTL[@]}" get node "$NODE_NAME" -o jsonpath='{.spec.taints[*].key}' \
+    | grep -qw node.kubernetes.io/disk-pressure
 }
 
 # Once unpacked into the snapshotter, the layer tarballs are dead weight (6 GB for the

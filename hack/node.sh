@@ -54,13 +54,6 @@ write_if_changed() {  # write_if_changed <file> < content
   [[ -f "$1" && "$(cat "$1")" == "$new" ]] || printf '%s\n' "$new" >"$1"
 }
 
-wait_until() {  # wait_until <seconds> <what> <cmd...>
-  local seconds="$1" what="$2"; shift 2
-  for _ in $(seq $((seconds * 2))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
-  echo "timed out after ${seconds}s waiting for $what" >&2
-  return 1
-}
-
 # A client certificate signed by the cluster CA (the API server trusts it as that user).
 client_cert() {  # client_cert <file prefix> <CN> [O]
   local out="$1" cn="$2" org="${3:-}" subj

@@ -42,7 +42,7 @@ def test_bytes_per_token_from_the_loaded_model(tiny):
 
 def test_join_counts_padding_the_copies_and_the_joiners():
     b = kvbudget.KVBudget(total_bytes=10_000, prefix_bytes=2_000, bytes_per_token=10)
-    assert b.batch_bytes == 8_000
+    assert b.batch_bytes == 10_000  # the prefix cache yields: the batch may use it all
     # 3 rows of width 128: old slab (2 rows) + new slab (3 rows) + the joiner's prefill
     assert b.join_bytes(3, [50], 128) == 10 * ((2 * 3 - 1) * 128 + 50)
     # alone: its slab + its prefill cache
@@ -76,9 +76,11 @@ def test_sizes_parse_and_bad_ones_name_the_flag():
     assert settings_from_args(base)[1].kv_cache_bytes is None  # auto
     with pytest.raises(ConfigError, match="--kv-cache-memory '2 gigs'"):
         settings_from_args([*base, "--kv-cache-memory", "2 gigs"])[1].validate()
-    with pytest.raises(ConfigError, match="--prefix-cache-memory 1Gi must be below"):
+    settings_from_args([*base, "--kv-cache-memory", "1Gi",
+                        "--prefix-cache-memory", "1Gi"])[1].validate()  # all of it: fine
+    with pytest.raises(ConfigError, match="--prefix-cache-memory 2Gi must not exceed"):
         settings_from_args([*base, "--kv-cache-memory", "1Gi",
-                            "--prefix-cache-memory", "1Gi"])[1].validate()
+                            "--prefix-cache-memory", "2Gi"])[1].validate()
 
 
 def test_auto_budget_on_cpu_leaves_the_reserve(tiny):
@@ -86,7 +88,7 @@ def test_auto_budget_on_cpu_leaves_the_reserve(tiny):
     b = kvbudget.decide(None, None, model, torch.device("cpu"))
     room = kvbudget.mem_available() - kvbudget.ACTIVATION_RESERVE_BYTES
     assert 0 < b.total_bytes <= room  # MemAvailable moves a little between the two reads
-    assert b.prefix_bytes == int(b.total_bytes * kvbudget.PREFIX_AUTO_SHARE)
+    assert b.prefix_bytes == b.total_bytes  # auto: bounded only by what the batch leaves
     with pytest.raises(kvbudget.BudgetError, match="--kv-cache-memory"):
         kvbudget.decide(1000, None, model, torch.device("cpu"))
 
@@ -131,7 +133,7 @@ def _run(engine, prompts: list[list[int]], max_new: int, timeout: float = 120):
 
     finals: list = [None] * len(prompts)
     tokens: list[list[int]] = [[] for _ in prompts]
-    peak = {"batch": 0, "prefix": 0, "rows": 0}
+    peak = {"batch": 0, "prefix": 0, "rows": 0, "both": 0}
     done = threading.Semaphore(0)
 
     def emitter(i: int):
@@ -139,6 +141,7 @@ def _run(engine, prompts: list[list[int]], max_new: int, timeout: float = 120):
             batch, prefix = engine.kv_bytes()
             peak["batch"] = max(peak["batch"], batch)
             peak["prefix"] = max(peak["prefix"], prefix)
+            peak["both"] = max(peak["both"], batch + prefix)
             peak["rows"] = max(peak["rows"], engine.stats.batch_size)
             if isinstance(ev, TokenEvent):
                 tokens[i].append(ev.id)
@@ -164,10 +167,10 @@ def test_requests_beyond_the_budget_wait_then_finish(tiny):
     from modelserver.engine.core import Engine, FinalEvent
 
     model, tok = tiny
-    # batch share: 1200 tokens; prompt 100 + 20 new → width 128. Joining a running batch
-    # alone, the 4th row needs 7×128 + 100 = 996 tokens, a 5th 9×128 + 100 = 1252: at most
-    # four rows although eight are allowed
-    budget = kvbudget.KVBudget(total_bytes=1600 * TINY_BYTES_PER_TOKEN,
+    # 1200 tokens for batch and prefix cache; prompt 100 + 20 new → width 128. Joining a
+    # running batch alone, the 4th row needs 7×128 + 100 = 996 tokens, a 5th
+    # 9×128 + 100 = 1252: at most four rows although eight are allowed
+    budget = kvbudget.KVBudget(total_bytes=1200 * TINY_BYTES_PER_TOKEN,
                                prefix_bytes=400 * TINY_BYTES_PER_TOKEN,
                                bytes_per_token=TINY_BYTES_PER_TOKEN)
     engine = Engine(model, tok, max_batch_size=8, prefix_cache_entries=8, kv_budget=budget)
@@ -180,7 +183,7 @@ def test_requests_beyond_the_budget_wait_then_finish(tiny):
     assert all(isinstance(f, FinalEvent) for f in finals), finals
     assert all(len(t) == 20 for t in tokens)
     assert 2 <= peak["rows"] <= 4, peak  # batched, but held to what the budget admits
-    assert peak["batch"] <= budget.batch_bytes, peak
+    assert peak["both"] <= budget.total_bytes, peak  # the prefix cache yielded its room
     assert peak["prefix"] <= budget.prefix_bytes, peak
     # waiting changed nothing: each answer equals the same request run alone
     solo = Engine(model, tok, max_batch_size=1, prefix_cache_entries=0)
@@ -235,9 +238,39 @@ def test_prefix_cache_stays_within_its_bytes_under_the_engine(tiny):
         engine.stop()
 
 
+def test_the_prefix_cache_yields_to_the_batch_and_keeps_a_long_prompt(tiny):
+    """One pool: a prompt larger than any fixed share is kept and reused (an agent's
+    system prompt), and it is evicted, not waited on, when a request needs the room."""
+    from modelserver.engine.core import Engine, FinalEvent
+
+    model, tok = tiny
+    budget = kvbudget.KVBudget(total_bytes=1600 * TINY_BYTES_PER_TOKEN,
+                               prefix_bytes=1600 * TINY_BYTES_PER_TOKEN,
+                               bytes_per_token=TINY_BYTES_PER_TOKEN)
+    engine = Engine(model, tok, max_batch_size=4, prefix_cache_entries=8, kv_budget=budget)
+    engine.start()
+    try:
+        system, other = _prompts(2, 500, seed=6)
+        # turn 1 then turn 2 of an agent: 500 shared tokens (a third of the budget); turn 2
+        # joins with its slab (512) + prefill (504) beside the kept entry (502): 1518 tokens
+        _run(engine, [system + [7, 8]], max_new=4)
+        held = engine.prefix.bytes
+        assert held >= 500 * TINY_BYTES_PER_TOKEN
+        finals, _, _ = _run(engine, [system + [7, 8, 9, 10]], max_new=4)
+        assert finals[0].cached_tokens >= 500, finals
+        # a request whose join needs more than what the prefix cache leaves: 640-wide slab
+        # + its 500-token prefill = 1140 tokens > 1600 - held (504)
+        finals, _, peak = _run(engine, [other], max_new=100, timeout=60)
+        assert isinstance(finals[0], FinalEvent), finals
+        assert peak["both"] <= budget.total_bytes, peak
+        assert engine.prefix.lookup(system + [7, 8, 9, 10, 11])[0] < 500  # evicted for it
+    finally:
+        engine.stop()
+
+
 # ---- the real server ----------------------------------------------------------------
 def test_server_refuses_a_request_over_its_kv_budget_and_shows_it(workdir, tiny_model):
-    # tiny model: 256 bytes/token; 128Ki → 96Ki for the batch = 384 tokens
+    # tiny model: 256 bytes/token; 128Ki = 512 tokens for the batch and the prefix cache
     server = start_server(workdir, "kvbudget", str(tiny_model), "--served-name", "tiny",
                           "--dtype", "float32", "--kv-cache-memory", "128Ki",
                           "--default-temperature", "0", tls=None)
@@ -261,7 +294,7 @@ def test_server_refuses_a_request_over_its_kv_budget_and_shows_it(workdir, tiny_
             assert r.status_code == 422 and "max_new_tokens" in r.json()["error"]
             metrics = c.get("/metrics").text
         assert re.search(r"^modelserver_kv_budget_bytes 131072\.0$", metrics, re.M), metrics
-        assert re.search(r"^modelserver_prefix_cache_budget_bytes 32768\.0$", metrics, re.M)
+        assert re.search(r"^modelserver_prefix_cache_budget_bytes 131072\.0$", metrics, re.M)
         assert re.search(r'^modelserver_kv_cache_bytes\{part="prefix"\} ', metrics, re.M)
     finally:
         server.stop()

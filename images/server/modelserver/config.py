@@ -172,7 +172,7 @@ class Settings(contract.EngineOptions, ListenerSettings):
     prefix_cache_entries: int = 8
     # KV budget (engine/budget.py): `auto` decides from the memory free after loading
     kv_cache_memory: str = "auto"
-    prefix_cache_memory: str = "auto"  # auto: a quarter of the KV budget
+    prefix_cache_memory: str = "auto"  # auto: all the KV budget the batch leaves
 
     @property
     def kv_cache_bytes(self) -> int | None:
@@ -199,10 +199,10 @@ class Settings(contract.EngineOptions, ListenerSettings):
         if self.prefix_cache_entries < 0:
             raise ConfigError("--prefix-cache-entries must be at least 0 (0: no prefix cache)")
         kv, prefix = self.kv_cache_bytes, self.prefix_cache_bytes
-        if kv is not None and prefix is not None and prefix >= kv:
-            raise ConfigError(f"--prefix-cache-memory {self.prefix_cache_memory} must be "
-                              f"below --kv-cache-memory {self.kv_cache_memory}: the running "
-                              "batch gets the rest")
+        if kv is not None and prefix is not None and prefix > kv:
+            raise ConfigError(f"--prefix-cache-memory {self.prefix_cache_memory} must not "
+                              f"exceed --kv-cache-memory {self.kv_cache_memory}: the prefix "
+                              "cache lives in the KV budget")
         if (
             self.max_input_tokens
             and self.max_total_tokens
@@ -353,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
               "memory free after loading less a 1 GiB reserve (GPU: free device memory; "
               "CPU: the cgroup limit or MemAvailable, less the RSS)")
     _add(s, "prefix-cache-memory", default=d.prefix_cache_memory,
-         help="the prefix cache's share of --kv-cache-memory, e.g. 512Mi; auto: a quarter")
+         help="the most of --kv-cache-memory the prefix cache may hold, e.g. 512Mi; it only "
+              "uses what the running batch leaves and yields when a request needs the room; "
+              "auto: no bound beyond --kv-cache-memory")
     _add(s, "no-warmup", action="store_true", help=argparse.SUPPRESS)
 
     g = sub.add_parser("gateway", allow_abbrev=False,

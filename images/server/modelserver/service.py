@@ -256,7 +256,7 @@ class ModelService:
         return ValidationError(
             f"{asked} need more KV cache than the server's budget holds for one request "
             f"(--kv-cache-memory {self.settings.kv_cache_memory}: "
-            f"{budget.batch_bytes} bytes for the batch at {budget.bytes_per_token} "
+            f"{budget.batch_bytes} bytes at {budget.bytes_per_token} "
             f"bytes/token): at most {max(0, self._kv_room(n_input))} `{param}` for this "
             "input", param=param if max_new else "inputs")
 

@@ -36,8 +36,6 @@ ACTIVATION_RESERVE_BYTES = 1 << 30
 # of the memory left after the reserve: the rest stays for the allocator's fragmentation
 # and for what the process allocates later (tokenizer caches, HTTP buffers)
 AUTO_FRACTION = 0.9
-# --prefix-cache-memory auto: this share of the KV budget holds reused prompt prefixes
-PREFIX_AUTO_SHARE = 0.25
 
 
 class BudgetError(ValueError):
@@ -72,13 +70,21 @@ def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
 
 @dataclass(frozen=True)
 class KVBudget:
+    """One pool of KV bytes for the running batch and the prefix cache together.
+
+    The prefix cache holds what the batch does not use (at most `prefix_bytes`) and yields:
+    its least recently used entries are evicted when a joining request needs their room. A
+    fixed split would have to choose between a batch too small for an agent's long prompt
+    and a prefix share too small to keep it (a 3Gi pod's quarter share held 9.9k tokens of
+    SmolLM2's KV, under the 12k-token prompt Clawdbot re-sends every turn)."""
     total_bytes: int         # all KV: the running batch and the prefix cache
-    prefix_bytes: int        # the prefix cache's share of total_bytes
+    prefix_bytes: int        # the most the prefix cache may hold (≤ total_bytes)
     bytes_per_token: int
 
     @property
     def batch_bytes(self) -> int:
-        return self.total_bytes - self.prefix_bytes
+        """The most the batch may allocate: all of it (prefix entries are evicted for it)."""
+        return self.total_bytes
 
     def join_bytes(self, rows: int, joiner_prompts: list[int], width: int) -> int:
         """Peak bytes of a batch of `rows` rows, `width` (aligned) positions wide, whose
@@ -99,10 +105,10 @@ class KVBudget:
         return align_down(room) - prompt_tokens
 
     def describe(self) -> str:
-        return (f"KV budget {self.total_bytes} bytes ({self.total_bytes / 2**20:.1f} MiB): "
-                f"batch {self.batch_bytes}, prefix cache {self.prefix_bytes}, at "
-                f"{self.bytes_per_token} bytes/token = "
-                f"{self.batch_bytes // self.bytes_per_token} batch tokens")
+        return (f"KV budget {self.total_bytes} bytes ({self.total_bytes / 2**20:.1f} MiB) = "
+                f"{self.total_bytes // self.bytes_per_token} tokens at "
+                f"{self.bytes_per_token} bytes/token, for the batch and the prefix cache "
+                f"(at most {self.prefix_bytes} bytes, yielding to the batch)")
 
 
 # ---- deciding the budget at start -----------------------------------------------------
@@ -169,17 +175,15 @@ def decide(kv_cache_bytes: int | None, prefix_cache_bytes: int | None, model: An
     total = kv_cache_bytes
     if total is None:
         total, inputs = auto_bytes(device)
-    prefix = prefix_cache_bytes if prefix_cache_bytes is not None \
-        else int(total * PREFIX_AUTO_SHARE)
-    if prefix >= total:
-        raise BudgetError(f"--prefix-cache-memory ({prefix} bytes) must be below the KV "
-                          f"budget --kv-cache-memory ({total} bytes): the batch needs the "
-                          "rest")
+    prefix = prefix_cache_bytes if prefix_cache_bytes is not None else total
+    if prefix > total:
+        raise BudgetError(f"--prefix-cache-memory ({prefix} bytes) must not exceed the KV "
+                          f"budget --kv-cache-memory ({total} bytes) it is part of")
     budget = KVBudget(total, prefix, per_token)
     if budget.max_new_tokens_alone(1) < 1:
-        raise BudgetError(f"--kv-cache-memory: {total} bytes ({total - prefix} for the "
-                          f"batch) leave no room for a request's KV at {per_token} "
-                          "bytes/token" + (f" (auto, from {inputs})" if inputs else ""))
+        raise BudgetError(f"--kv-cache-memory: {total} bytes leave no room for a request's "
+                          f"KV at {per_token} bytes/token"
+                          + (f" (auto, from {inputs})" if inputs else ""))
     how = "given" if kv_cache_bytes is not None else "auto from " + ", ".join(
         f"{k}={v / 2**20:.0f}MiB" for k, v in inputs.items()) + f", x{AUTO_FRACTION}"
     log.info("%s (%s)", budget.describe(), how)

@@ -293,8 +293,18 @@ class Engine:
             rows = self._rows + joining
             need = budget.join_bytes(len(rows), [len(r.prompt_ids) for r in joining],
                                      self._slab_width(rows))
-            return need <= budget.batch_bytes
+            if need > budget.batch_bytes:
+                return False
+            # the prefix cache lives in what the batch leaves: it yields the room needed
+            self.prefix.evict_to(budget.total_bytes - need, keep_for=req.prompt_ids)
+            return True
         return bool(self._waiting)  # refusals above may have emptied the queue
+
+    def _prefix_room(self) -> int | None:
+        """The KV budget's bytes the running batch does not hold now (None: no budget)."""
+        if self.kv_budget is None:
+            return None
+        return self.kv_budget.total_bytes - self.kv_bytes()[0]
 
     def kv_bytes(self) -> tuple[int, int]:
         """(batch, prefix cache) KV bytes allocated now; read from any thread."""
@@ -337,7 +347,7 @@ class Engine:
         self.stats.prefill_tokens += len(ids) - reuse
         self.stats.cached_tokens += reuse
         new_kv = cache.tensors()
-        self.prefix.store(ids, new_kv)
+        self.prefix.store(ids, new_kv, room=self._prefix_room())
         _, (token,), (logprob,) = self._pick([req], out.logits[:, -1])
         if self._accept(req, token, logprob):
             return  # finished on its first token: never joins the batch

@@ -3,9 +3,11 @@ longest shared prefix (Clawdbot re-sends the same multi-thousand-token system pr
 tools on every turn). Causal attention makes a prefix's keys/values independent of what
 follows, so reusing them is exact up to floating-point order.
 
-Bounded by bytes (the prefix cache's share of the KV budget, budget.py) and by a count of
-entries: a 10k-token prompt of a small fp32 model is ~450 MiB of KV, so a count alone let
-eight of them hold gigabytes. An entry is charged the whole buffers its tensors keep alive.
+Bounded by bytes and by a count of entries: a 10k-token prompt of a small fp32 model is
+~450 MiB of KV, so a count alone let eight of them hold gigabytes. The bytes are those of the
+KV budget (budget.py) that the running batch does not use: the engine evicts entries when a
+joining request needs their room (`evict_to`) and stores a prompt only within what is left
+(`store`'s `room`). An entry is charged the whole buffers its tensors keep alive.
 """
 
 from __future__ import annotations
@@ -63,12 +65,15 @@ class PrefixCache:
         self.hit_tokens += best
         return best, crop(best_kv, best)
 
-    def store(self, prompt: list[int], kv: KV) -> None:
+    def store(self, prompt: list[int], kv: KV, room: int | None = None) -> None:
+        """Keep `prompt`'s KV, evicting least recently used entries so the cache stays within
+        `max_bytes` and `room` (the budget's bytes the batch leaves now; None: no bound)."""
         if self.max_entries <= 0 or len(prompt) < self.min_tokens:
             return
         size = kv_bytes(kv)
-        if self.max_bytes is not None and size > self.max_bytes:
-            return  # larger than the whole share: storing it would evict everything
+        bound = min(b for b in (self.max_bytes, room, 1 << 62) if b is not None)
+        if size > bound:
+            return  # larger than all the room there is: storing it would evict everything
         key = tuple(prompt)
         with self._lock:
             # an entry that is a prefix of the new prompt is now redundant
@@ -76,9 +81,20 @@ class PrefixCache:
                 self._drop(old)
             self._entries[key] = (kv, size)
             self.bytes += size
-            while len(self._entries) > self.max_entries or (
-                    self.max_bytes is not None and self.bytes > self.max_bytes):
+            while len(self._entries) > self.max_entries or self.bytes > bound:
                 self._drop(next(iter(self._entries)))  # least recently used first
+
+    def evict_to(self, max_bytes: int, keep_for: list[int] | None = None) -> None:
+        """Drop least recently used entries until at most `max_bytes` are held; the entry
+        that would serve `keep_for` (the request about to be prefilled) goes last."""
+        with self._lock:
+            keep = max(self._entries, key=lambda k: _common_prefix(keep_for, k), default=None) \
+                if keep_for else None
+            for key in [k for k in self._entries if k != keep] + [keep]:
+                if self.bytes <= max_bytes:
+                    return
+                if key in self._entries:
+                    self._drop(key)
 
     def _drop(self, key: tuple[int, ...]) -> None:
         _, size = self._entries.pop(key)

@@ -22,7 +22,7 @@ from modeldeploy.constants import SERVER_MAX_BODY_BYTES, SERVER_REQUEST_TIMEOUT_
 ENV_PREFIX = "MODELSERVER_"
 # prompt tokens prefilled per scheduler iteration, across all requests prefilling, between
 # two decode steps of the running batch (benchmarks/RESULTS.md §11 measures the choice)
-DEFAULT_MAX_PREFILL_TOKENS_PER_STEP = 512
+DEFAULT_MAX_PREFILL_TOKENS_PER_STEP = 2048
 # redis-py's URL schemes (redis.from_url): plain, TLS, and a Unix socket.
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 

@@ -316,9 +316,9 @@ class Engine:
                     f"{max(0, budget.max_new_tokens_alone(prompt))} new tokens for this "
                     f"prompt under --kv-cache-memory ({budget.describe()})", "too_large"))
                 continue
+            # asked only while no request is prefilling (one at a time, `_admit_next`):
+            # the joiners are the prefilled ones and the head
             joining = [j[0] for j in self._joining] + [req]
-            if self._prefilling is not None:  # its prompt's cache is alive: a joiner's
-                joining.append(self._prefilling.req)
             rows = self._rows + joining
             need = budget.join_bytes(len(rows), [len(r.prompt_ids) for r in joining],
                                      self._slab_width(rows))

@@ -171,10 +171,14 @@ def test_a_request_cancelled_mid_prefill_leaves_and_frees_its_cache(tiny, how):
     ref = _solo(tiny, [after_prompt], 6)[0]
     real = engine._prefill
     caches: list[weakref.ref] = []
+    progress: list[int] = []  # the victim's prefilled tokens after each of its calls
 
     def prefill(p, budget):
         ran = real(p, budget)
-        if p.req.prompt_ids == victim_prompt and p.done >= 3 * BUDGET and not caches:
+        if p.req.prompt_ids != victim_prompt:
+            return ran
+        progress.append(p.done)
+        if p.done >= 3 * BUDGET and not caches:
             caches.append(weakref.ref(p.cache))  # partway: its next iteration must end it
             if how == "cancel":
                 p.req.cancel()
@@ -194,6 +198,7 @@ def test_a_request_cancelled_mid_prefill_leaves_and_frees_its_cache(tiny, how):
     assert isinstance(victim.end, ErrorEvent), victim.end
     assert victim.end.kind == ("cancelled" if how == "cancel" else "timeout"), victim.end
     assert not victim.tokens
+    assert max(progress) == progress[-1] < len(victim_prompt), "it went on prefilling"
     gc.collect()
     assert caches and caches[0]() is None, "the cancelled prefill's KV is still alive"
     assert engine._prefilling is None

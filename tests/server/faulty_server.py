@@ -24,14 +24,14 @@ _probe_device = Engine._probe_device
 _device_lost = threading.Event()
 
 
-def _failing_prefill(self: Engine, req) -> None:
-    prompt = self.tokenizer.decode(req.prompt_ids)
+def _failing_prefill(self: Engine, p, budget: int) -> int:
+    prompt = self.tokenizer.decode(p.req.prompt_ids)
     if FAIL_MARKER in prompt:
         raise RuntimeError("injected failure (tests/server/faulty_server.py)")
     if STICKY_MARKER in prompt:
         _device_lost.set()
         raise RuntimeError("injected device failure (tests/server/faulty_server.py)")
-    _prefill(self, req)
+    return _prefill(self, p, budget)
 
 
 def _failing_probe(self: Engine) -> None:

@@ -149,10 +149,10 @@ def test_error_in_one_prefill_fails_only_that_request(tiny):
     engine = _engine(tiny)
     real = engine._prefill
 
-    def prefill(req):
-        if req.prompt_ids == prompts[2]:
+    def prefill(p, budget):
+        if p.req.prompt_ids == prompts[2]:
             raise ValueError("injected prefill failure")
-        real(req)
+        return real(p, budget)
 
     engine._prefill = prefill
     try:
@@ -162,7 +162,7 @@ def test_error_in_one_prefill_fails_only_that_request(tiny):
         engine.stop()
 
 
-LONG = 64  # prefilled in chunks of 8: seven decode steps run between its chunks
+LONG = 64  # prefilled 8 tokens per iteration: seven decode steps run between its chunks
 DECODE = 40
 
 
@@ -179,7 +179,7 @@ def _interleaved(tiny, engine: Engine) -> tuple[list[Outcome], list[list[int]]]:
 
 
 def test_error_in_an_interleaved_long_prefill_fails_only_that_request(tiny):
-    engine = _engine(tiny, prefill_chunk=8)
+    engine = _engine(tiny, prefill_chunk=8, max_prefill_tokens_per_step=8)
     real = engine.model
     chunks = []
 
@@ -204,25 +204,20 @@ def test_error_in_an_interleaved_long_prefill_fails_only_that_request(tiny):
 
 
 def test_error_in_a_decode_step_between_prefill_chunks_fails_only_its_row(tiny):
-    engine = _engine(tiny, prefill_chunk=8)
-    real_prefill, real_forward = engine._prefill, engine._forward_rows
+    engine = _engine(tiny, prefill_chunk=8, max_prefill_tokens_per_step=8)
+    real_forward = engine._forward_rows
     victim = _prompts(4)[2]
-    prefilling, fired = [], []
+    fired = []
 
-    def prefill(req):
-        prefilling.append(len(req.prompt_ids) == LONG)
-        try:
-            real_prefill(req)
-        finally:
-            prefilling.pop()
-
-    def forward(rows, *args):  # decode steps run inside the long prompt's prefill
-        if prefilling and prefilling[-1] and any(r.prompt_ids == victim for r in rows):
+    def forward(rows, *args):  # decode steps run between the long prompt's chunks
+        p = engine._prefilling
+        if p is not None and len(p.req.prompt_ids) == LONG and any(
+                r.prompt_ids == victim for r in rows):
             fired.append(len(rows))
             raise RuntimeError("injected decode failure")
         return real_forward(rows, *args)
 
-    engine._prefill, engine._forward_rows = prefill, forward
+    engine._forward_rows = forward
     try:
         outs, ref = _interleaved(tiny, engine)
         _check(outs, ref, {2}, "injected decode failure")

@@ -20,6 +20,9 @@ from modeldeploy import contract, quantity
 from modeldeploy.constants import SERVER_MAX_BODY_BYTES, SERVER_REQUEST_TIMEOUT_SECONDS
 
 ENV_PREFIX = "MODELSERVER_"
+# prompt tokens prefilled per scheduler iteration, across all requests prefilling, between
+# two decode steps of the running batch (benchmarks/RESULTS.md §11 measures the choice)
+DEFAULT_MAX_PREFILL_TOKENS_PER_STEP = 2048
 # redis-py's URL schemes (redis.from_url): plain, TLS, and a Unix socket.
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -173,6 +176,7 @@ class Settings(contract.EngineOptions, ListenerSettings):
     # KV budget (engine/budget.py): `auto` decides from the memory free after loading
     kv_cache_memory: str = "auto"
     prefix_cache_memory: str = "auto"  # auto: all the KV budget the batch leaves
+    max_prefill_tokens_per_step: int = DEFAULT_MAX_PREFILL_TOKENS_PER_STEP
 
     @property
     def kv_cache_bytes(self) -> int | None:
@@ -196,6 +200,9 @@ class Settings(contract.EngineOptions, ListenerSettings):
         for name in ("max_batch_size", "max_concurrent_requests"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.max_prefill_tokens_per_step < 1:
+            raise ConfigError(f"--max-prefill-tokens-per-step {self.max_prefill_tokens_per_step}: "
+                              "must be at least 1 (prompt tokens per scheduler iteration)")
         if self.prefix_cache_entries < 0:
             raise ConfigError("--prefix-cache-entries must be at least 0 (0: no prefix cache)")
         kv, prefix = self.kv_cache_bytes, self.prefix_cache_bytes
@@ -356,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
          help="the most of --kv-cache-memory the prefix cache may hold, e.g. 512Mi; it only "
               "uses what the running batch leaves and yields when a request needs the room; "
               "auto: no bound beyond --kv-cache-memory")
+    _add(s, "max-prefill-tokens-per-step", int, default=d.max_prefill_tokens_per_step,
+         help="prompt tokens prefilled per scheduler iteration, across all arriving "
+              "requests, between two decode steps of the running batch (smaller: "
+              "smoother streams during a burst, slower first tokens)")
     _add(s, "no-warmup", action="store_true", help=argparse.SUPPRESS)
 
     g = sub.add_parser("gateway", allow_abbrev=False,

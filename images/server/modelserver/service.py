@@ -97,6 +97,7 @@ class ModelService:
                 self.loaded.model, self.loaded.tokenizer, max_batch_size=s.max_batch_size,
                 prefix_cache_entries=s.prefix_cache_entries,
                 on_queue_wait=self.metrics.queue_duration.observe, kv_budget=budget,
+                max_prefill_tokens_per_step=s.max_prefill_tokens_per_step,
             )
             self.engine.start()
             if s.warmup:

@@ -10,9 +10,10 @@ isolation, a KV budget with admission) would be rebuilt around it anyway. On a G
 CUDA-graph path may win: that is unmeasured (no GPU here).
 
 This loop: requests prefill alone (reusing a cached prompt prefix when one matches,
-chunked, with the running streams stepped between chunks), are admitted only while the
-KV budget holds them, join the running left-padded batch between decode steps, are
-sampled together on the device with one device→host copy per step, detokenized
+chunked; at most --max-prefill-tokens-per-step prompt tokens per iteration across all of
+them, with one decode step of the running streams between iterations: prefill.py), are
+admitted only while the KV budget holds them, join the running left-padded batch between
+decode steps, are sampled together on the device with one device→host copy per step, detokenized
 incrementally, and leave when done or when their client has gone. An error fails only the
 request that caused it; a sticky device error breaks the engine (/health 503).
 """
@@ -30,12 +31,14 @@ from typing import Any
 
 import torch
 
+from ..config import DEFAULT_MAX_PREFILL_TOKENS_PER_STEP
 from . import batch_sampling
 from . import kv as kvops
 from .budget import KVBudget, tensor_bytes
 from .constrain import ToolCallGrammar
 from .detok import IncrementalDecoder, new_decoder
 from .faults import EngineBroken, describe, fatal_reason, is_oom, probe
+from .prefill import Prefill, chunk_end
 from .prefix import PrefixCache
 from .sampling import Sampler, SamplingParams
 from .text import StopState
@@ -139,8 +142,10 @@ class Engine:
         self, model: Any, tokenizer: Any, *, max_batch_size: int, prefix_cache_entries: int,
         on_queue_wait: Callable[[float], None] | None = None, prefill_chunk: int = 2048,
         kv_budget: KVBudget | None = None,
+        max_prefill_tokens_per_step: int = DEFAULT_MAX_PREFILL_TOKENS_PER_STEP,
     ) -> None:
         self.prefill_chunk = prefill_chunk
+        self.max_prefill_tokens_per_step = max_prefill_tokens_per_step
         # None: no limit (in-process tools); the server always decides one (budget.decide)
         self.kv_budget = kv_budget
         self.model = model
@@ -159,6 +164,8 @@ class Engine:
         self._cache: kvops.SlabCache | None = None  # the running batch's KV, in place
         # prefilled requests waiting to be stacked into the batch in one copy
         self._joining: list[tuple[Request, kvops.KV, torch.Tensor, int]] = []
+        # the admitted request whose prefill goes on in the next iteration (arrival order)
+        self._prefilling: Prefill | None = None
         self._mask: torch.Tensor | None = None
         self._pos: torch.Tensor | None = None     # next position per row
         self._last: torch.Tensor | None = None    # next input token per row
@@ -195,7 +202,8 @@ class Engine:
         torch.set_grad_enabled(False)
         while not self._stopping:
             try:
-                self._drain(block=not self._rows and not self._waiting and not self._joining)
+                self._drain(block=not self._rows and not self._waiting and not self._joining
+                            and self._prefilling is None)
                 if self.broken:  # refuse what still arrives until the pod is restarted
                     self._fail_everything(self.broken)
                     continue
@@ -212,9 +220,11 @@ class Engine:
                     self._break(str(broken))
                     continue
                 failed = self._rows + [j[0] for j in self._joining]
+                if self._prefilling is not None:
+                    failed.append(self._prefilling.req)
                 for r in failed:
                     r.emit(ErrorEvent(f"generation failed: {describe(exc)}"))
-                self._joining = []
+                self._joining, self._prefilling = [], None
                 self._reset_batch()
 
     def _drain(self, block: bool) -> None:
@@ -231,6 +241,36 @@ class Engine:
                 return
 
     def _admit(self) -> None:
+        """Spend this iteration's prefill budget (--max-prefill-tokens-per-step) in arrival
+        order: the request prefilling goes on where it stopped; when it is done the next is
+        admitted, while the budget lasts. Those prefilled then join the batch, which steps
+        once (`_loop`) before the next budget: a burst of long prompts no longer holds the
+        running streams for its whole prefill."""
+        budget = self.max_prefill_tokens_per_step
+        while budget > 0 and (self._prefilling is not None or self._admit_next()):
+            p = self._prefilling
+            try:
+                budget -= self._prefill(p, budget)
+            except EngineBroken as exc:
+                self._prefilling = None
+                p.req.emit(ErrorEvent(f"engine broken: {exc}", "unavailable"))
+                raise
+            except Exception as exc:  # this request's prefill: it alone fails
+                self._prefilling = None
+                log.exception("prefill failed")
+                p.req.emit(ErrorEvent(f"generation failed: {describe(exc)}"))
+                self._check_device(exc)
+                if is_oom(exc):
+                    self._release_memory()
+        self._join()
+        # requests cancelled while waiting for a slot leave the queue at once
+        for req in [r for r in self._waiting if r.cancelled]:
+            self._waiting.remove(req)
+            req.emit(ErrorEvent("cancelled", "cancelled"))
+
+    def _admit_next(self) -> bool:
+        """Admit the queue's head when the batch has a row and the KV budget room for it;
+        it becomes the request prefilling. False when none may start now."""
         now = time.monotonic()
         while (self._waiting and len(self._rows) + len(self._joining) < self.max_batch_size
                and self._fits()):
@@ -244,22 +284,9 @@ class Engine:
             req.started_at = time.monotonic()
             if self.on_queue_wait:
                 self.on_queue_wait(req.started_at - req.enqueued_at)
-            try:
-                self._prefill(req)
-            except EngineBroken as exc:
-                req.emit(ErrorEvent(f"engine broken: {exc}", "unavailable"))
-                raise
-            except Exception as exc:  # this request's prefill: it alone fails
-                log.exception("prefill failed")
-                req.emit(ErrorEvent(f"generation failed: {describe(exc)}"))
-                self._check_device(exc)
-                if is_oom(exc):
-                    self._release_memory()
-        self._join()
-        # requests cancelled while waiting for a slot leave the queue at once
-        for req in [r for r in self._waiting if r.cancelled]:
-            self._waiting.remove(req)
-            req.emit(ErrorEvent("cancelled", "cancelled"))
+            self._prefilling = Prefill(req)
+            return True
+        return False
 
     def _slab_width(self, rows: list[Request]) -> int:
         """The slab capacity admission reserved for a batch of `rows` (0: no budget, kv.py
@@ -289,6 +316,8 @@ class Engine:
                     f"{max(0, budget.max_new_tokens_alone(prompt))} new tokens for this "
                     f"prompt under --kv-cache-memory ({budget.describe()})", "too_large"))
                 continue
+            # asked only while no request is prefilling (one at a time, `_admit_next`):
+            # the joiners are the prefilled ones and the head
             joining = [j[0] for j in self._joining] + [req]
             rows = self._rows + joining
             need = budget.join_bytes(len(rows), [len(r.prompt_ids) for r in joining],
@@ -312,43 +341,56 @@ class Engine:
         batch = tensor_bytes(t for kv in cache.tensors() for t in kv) if cache else 0
         return batch, self.prefix.bytes
 
-    def _prefill(self, req: Request) -> None:
-        ids = req.prompt_ids
+    def _prefill(self, p: Prefill, budget: int) -> int:
+        """Run the next chunk of `p`'s prompt, at most `budget` tokens; returns the tokens
+        it ran. When the prompt is done, its first token is picked and it joins (or ends)."""
+        req, ids = p.req, p.req.prompt_ids
+        if req.cancelled or (req.deadline is not None and time.monotonic() > req.deadline):
+            self._prefilling = None  # its cache goes with it
+            req.emit(ErrorEvent("cancelled", "cancelled") if req.cancelled
+                     else ErrorEvent("request timed out", "timeout"))
+            return 0
         scored = req.params.prompt_logprobs
-        # scoring the prompt needs the logits of every position: no cached prefix then
-        reuse, cached = (0, None) if scored else self.prefix.lookup(ids)
-        if scored:
-            req.prompt_logprobs = [None]  # the first token has no context to score it
-        # sized for the whole prompt up front: chunks write in place, and the views handed
-        # to the prefix cache below are exactly the prompt (no spare capacity kept alive)
-        cache = kvops.from_tensors(cached or [], capacity=len(ids))
-        req.cached_tokens = reuse
+        if p.cache is None:
+            # scoring the prompt needs the logits of every position: no cached prefix then
+            reuse, cached = (0, None) if scored else self.prefix.lookup(ids)
+            if scored:
+                req.prompt_logprobs = [None]  # the first token has no context to score it
+            # sized for the whole prompt up front: chunks write in place, and the views
+            # handed to the prefix cache below are exactly the prompt (no spare capacity)
+            p.cache = kvops.from_tensors(cached or [], capacity=len(ids))
+            p.done = req.cached_tokens = reuse
         # chunked prefill: attention over a chunk needs chunk × total scores, not total²,
         # so a 30k-token prompt fits in memory; only the last position's logits are kept
-        out = None
-        for start in range(reuse, len(ids), self.prefill_chunk):
-            end = min(start + self.prefill_chunk, len(ids))
-            out = self.model(
-                input_ids=torch.tensor([ids[start:end]], device=self.device),
-                attention_mask=torch.ones(1, end, dtype=torch.long, device=self.device),
-                position_ids=torch.arange(start, end, device=self.device).unsqueeze(0),
-                **{self._cache_kw: cache}, use_cache=True, logits_to_keep=0 if scored else 1,
-            )
-            if scored:
-                req.prompt_logprobs += _target_logprobs(out.logits[0], ids[start + 1:end + 1])
-            if req.cancelled:
-                req.emit(ErrorEvent("cancelled", "cancelled"))
-                return
-            if end < len(ids) and (self._rows or self._joining):
-                self._join()
-                if self._rows:
-                    self._step()  # running streams keep flowing during a long prefill
+        start = p.done
+        end = chunk_end(p, budget, self.prefill_chunk)
+        out = self.model(
+            input_ids=torch.tensor([ids[start:end]], device=self.device),
+            attention_mask=torch.ones(1, end, dtype=torch.long, device=self.device),
+            position_ids=torch.arange(start, end, device=self.device).unsqueeze(0),
+            **{self._cache_kw: p.cache}, use_cache=True, logits_to_keep=0 if scored else 1,
+        )
+        if scored:
+            req.prompt_logprobs += _target_logprobs(out.logits[0], ids[start + 1:end + 1])
+        p.done = end
+        if p.remaining == 0:
+            self._prefilling = None
+            self._prefilled(p, out.logits[:, -1])
+        return end - start
+
+    def _prefilled(self, p: Prefill, logits: torch.Tensor) -> None:
+        """`p`'s prompt is in its cache: store it for reuse, pick the first token, and
+        queue the request to join the batch (unless that token already ended it)."""
+        req, ids = p.req, p.req.prompt_ids
+        if req.cancelled:
+            req.emit(ErrorEvent("cancelled", "cancelled"))
+            return
         mask = torch.ones(1, len(ids), dtype=torch.long, device=self.device)
-        self.stats.prefill_tokens += len(ids) - reuse
-        self.stats.cached_tokens += reuse
-        new_kv = cache.tensors()
+        self.stats.prefill_tokens += len(ids) - req.cached_tokens
+        self.stats.cached_tokens += req.cached_tokens
+        new_kv = p.cache.tensors()
         self.prefix.store(ids, new_kv, room=self._prefix_room())
-        _, (token,), (logprob,) = self._pick([req], out.logits[:, -1])
+        _, (token,), (logprob,) = self._pick([req], logits)
         if self._accept(req, token, logprob):
             return  # finished on its first token: never joins the batch
         self._joining.append((req, new_kv, mask, token))
@@ -740,8 +782,10 @@ class Engine:
 
     def _fail_everything(self, reason: str) -> None:
         failed = self._rows + [j[0] for j in self._joining] + list(self._waiting)
+        if self._prefilling is not None:
+            failed.append(self._prefilling.req)
         self._waiting.clear()
-        self._joining = []
+        self._joining, self._prefilling = [], None
         self._reset_batch()
         for r in failed:
             r.emit(ErrorEvent(f"engine broken: {reason}", "unavailable"))

@@ -22,6 +22,7 @@ from modeldeploy.constants import SERVER_MAX_BODY_BYTES, SERVER_REQUEST_TIMEOUT_
 ENV_PREFIX = "MODELSERVER_"
 # redis-py's URL schemes (redis.from_url): plain, TLS, and a Unix socket.
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+COMPILE_MODES = ("off", "on")  # --compile
 
 
 class ConfigError(ValueError):
@@ -173,6 +174,9 @@ class Settings(contract.EngineOptions, ListenerSettings):
     # KV budget (engine/budget.py): `auto` decides from the memory free after loading
     kv_cache_memory: str = "auto"
     prefix_cache_memory: str = "auto"  # auto: a quarter of the KV budget
+    # on: torch.compile the decode forward over static shapes (engine/slots.py); on CUDA
+    # with CUDA graphs. Off by default: compiling costs seconds per shape at start
+    compile: str = "off"
 
     @property
     def kv_cache_bytes(self) -> int | None:
@@ -190,6 +194,7 @@ class Settings(contract.EngineOptions, ListenerSettings):
             ("dtype", self.dtype, contract.DTYPES),
             ("quantization", self.quantization, contract.QUANTIZATIONS_BY_ENGINE["builtin"]),
             ("tool-call-parser", self.tool_call_parser, contract.BUILTIN_TOOL_CALL_PARSERS),
+            ("compile", self.compile, COMPILE_MODES),
         ):
             if value not in supported:
                 raise ConfigError(f"--{flag} {value!r}: one of {', '.join(supported)}")
@@ -354,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
               "CPU: the cgroup limit or MemAvailable, less the RSS)")
     _add(s, "prefix-cache-memory", default=d.prefix_cache_memory,
          help="the prefix cache's share of --kv-cache-memory, e.g. 512Mi; auto: a quarter")
+    _add(s, "compile", default=d.compile,
+         help="|".join(COMPILE_MODES) + ": torch.compile the decode step over static shapes "
+              "(batch buckets, the slab's full width; CUDA: CUDA graphs)")
     _add(s, "no-warmup", action="store_true", help=argparse.SUPPRESS)
 
     g = sub.add_parser("gateway", allow_abbrev=False,

@@ -97,6 +97,7 @@ class ModelService:
                 self.loaded.model, self.loaded.tokenizer, max_batch_size=s.max_batch_size,
                 prefix_cache_entries=s.prefix_cache_entries,
                 on_queue_wait=self.metrics.queue_duration.observe, kv_budget=budget,
+                compile_decode=s.compile == "on",
             )
             self.engine.start()
             if s.warmup:

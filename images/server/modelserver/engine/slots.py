@@ -141,11 +141,11 @@ class _SlotLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.view
-        k = s.slots.k[self.index][:s.rows]
-        v = s.slots.v[self.index][:s.rows]
-        k[s.row_index, :, s.pos] = key_states[:, :, 0]
-        v[s.row_index, :, s.pos] = value_states[:, :, 0]
-        self.keys, self.values = k[:, :, :s.width], v[:, :, :s.width]
+        k, v = s.slots.k[self.index], s.slots.v[self.index]
+        # one indexed copy per tensor: (row, head) pairs to their row's position
+        k.view(-1, k.shape[-1]).index_copy_(0, s.flat, key_states.reshape(-1, k.shape[-1]))
+        v.view(-1, v.shape[-1]).index_copy_(0, s.flat, value_states.reshape(-1, v.shape[-1]))
+        self.keys, self.values = k[:s.rows, :, :s.width], v[:s.rows, :, :s.width]
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
@@ -162,13 +162,17 @@ class SlotView(Cache):
     def __init__(self, slots: Slots) -> None:
         self.slots = slots
         self.rows = self.width = 0
-        self.pos = self.row_index = torch.zeros(0, dtype=torch.long)
+        self.flat = self._base = torch.zeros(0, 0, dtype=torch.long)
         super().__init__(layers=[_SlotLayer(self, i) for i in range(len(slots.k))])
 
     def arm(self, rows: int, width: int, pos: torch.Tensor) -> None:
-        self.rows, self.width, self.pos = rows, width, pos
-        if self.row_index.shape[0] != rows or self.row_index.device != pos.device:
-            self.row_index = torch.arange(rows, device=pos.device)
+        """Set the step's shape; `flat`: where each (row, KV head)'s new position lies in a
+        layer's slab seen as [rows × heads × width capacity, head dim] (one per step)."""
+        self.rows, self.width = rows, width
+        heads, cap = self.slots.k[0].shape[1], self.slots.width_cap
+        if self._base.shape[0] != rows or self._base.device != pos.device:
+            self._base = torch.arange(rows * heads, device=pos.device).view(rows, heads) * cap
+        self.flat = (self._base + pos.unsqueeze(1)).view(-1)
 
 
 def decode_mask(pos: torch.Tensor, width: int, attn_implementation: str,

@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
          help="the prefix cache's share of --kv-cache-memory, e.g. 512Mi; auto: a quarter")
     _add(s, "compile", default=d.compile,
          help="|".join(COMPILE_MODES) + ": torch.compile the decode step over static shapes "
-              "(batch buckets, the slab's full width; CUDA: CUDA graphs)")
+              "(batch buckets, the slab's full width; CUDA: mode reduce-overhead, unmeasured)")
     _add(s, "no-warmup", action="store_true", help=argparse.SUPPRESS)
 
     g = sub.add_parser("gateway", allow_abbrev=False,

@@ -167,6 +167,8 @@ class Engine:
         # transformers ≥5.2x renamed `past_key_values` to `cache`; accept both
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        # compiled: every step's shape is one of a few (row and width buckets)
+        self._static_shapes = compile_decode
         self._decode = self._setup_decode(compile_decode)
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._stopping = False
@@ -275,9 +277,10 @@ class Engine:
                      joiner_prompts: list[int]) -> tuple[int, int] | None:
         """The slab (rows, width) a batch of `rows` (lengths `lens`) needs when it outgrows
         the one held now, else None. Rows grow to a power of two (a join rarely copies the
-        batch, and the compiled decode sees few shapes) unless the KV budget only holds
-        the exact count; the width is what admission reserved (under a budget) or grows
-        geometrically (without one)."""
+        batch, and the compiled decode sees few shapes), the width is what admission
+        reserved (under a budget; compiled: rounded up to a power of two too, or each new
+        max_new_tokens would compile anew) or grows geometrically (without a budget); what
+        the KV budget cannot hold falls back to the exact rows, then the exact width."""
         held = (self._cache.rows_cap, self._cache.width_cap) if self._cache else (0, 0)
         width = self._slab_width(rows) or max(lens) + 1
         if len(rows) <= held[0] and width <= held[1]:
@@ -286,9 +289,12 @@ class Engine:
         budget = self.kv_budget
         if budget is None:
             return max(n, held[0]), kvops.capacity_for(width, held[1])
-        if budget.join_bytes(held, (n, width), joiner_prompts) > budget.batch_bytes:
-            n = len(rows)
-        return n, width
+        wide = 1 << (width - 1).bit_length() if self._static_shapes else width
+        shapes = [(n, wide), (len(rows), wide), (len(rows), width)]
+        for shape in shapes:
+            if budget.join_bytes(held, shape, joiner_prompts) <= budget.batch_bytes:
+                return shape
+        return shapes[-1]
 
     def _join_bytes(self, joining: list[Request]) -> int:
         """Peak KV bytes of the batch while `joining` (prefilled or not yet) joins it."""
@@ -778,7 +784,7 @@ class Engine:
         the widest one's columns; compiled over a bucket of rows (the extra ones write
         position 0 of free rows, which the next occupant overwrites) and the full width."""
         n = len(rows)
-        if self._decode is self._decode_logits:
+        if not self._static_shapes:
             width = max(lens) + 1
         else:
             width, pad = slots.width_cap, bucket(n, slots.rows_cap) - n

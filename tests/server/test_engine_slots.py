@@ -107,6 +107,48 @@ def _run(engine: Engine, prompts: list[list[int]], max_new: list[int]) -> list[l
     return outs
 
 
+def test_joins_and_leaves_in_a_running_batch_never_copy_the_batch(tiny, monkeypatch):
+    """A long request runs while eight short ones join and leave around it (at most four
+    rows): the slab is copied whole only to grow to four rows; every other join copies the
+    joiner's own KV and every leave at most one row."""
+    model, tok = tiny
+    grows: list[tuple[int, int]] = []
+    real = Slots.grown
+
+    def grown(self, rows, width, lens):
+        grows.append((rows, width))
+        return real(self, rows, width, lens)
+
+    monkeypatch.setattr(Slots, "grown", grown)
+    budget = kvbudget.KVBudget(total_bytes=1 << 24, prefix_bytes=1 << 20,
+                               bytes_per_token=kvbudget.kv_bytes_per_token(model))
+    engine = Engine(model, tok, max_batch_size=4, prefix_cache_entries=0, kv_budget=budget)
+    engine.start()
+    g = torch.Generator().manual_seed(4)
+    long_done, first = threading.Event(), threading.Event()
+
+    def long_emit(ev) -> None:
+        first.set()
+        if isinstance(ev, FinalEvent | ErrorEvent):
+            long_done.set()
+
+    try:
+        engine.submit(Request(torch.randint(5, 500, (10,), generator=g).tolist(),
+                              SamplingParams(max_new_tokens=150, temperature=0,
+                                             ignore_eos=True), long_emit))
+        assert first.wait(60)
+        shorts = [torch.randint(5, 500, (int(n),), generator=g).tolist()
+                  for n in torch.randint(3, 30, (8,), generator=g)]
+        _run(engine, shorts, [3 + i for i in range(8)])
+        assert not long_done.is_set(), "the long request must outlive the short ones"
+        assert long_done.wait(120)
+    finally:
+        engine.stop()
+    assert engine.stats.max_step_rows == 4
+    # 1 → 2 → 4 rows, or 1 → 4 when three joined at once; never at a leave or later join
+    assert 1 <= len(grows) <= 2 and grows[-1][0] == 4, grows
+
+
 def test_compiled_decode_yields_the_eager_tokens_across_joins_and_leaves(tiny):
     """--compile on (torch.compile, inductor on the CPU) over static shapes: two row
     buckets (1, 2) and one width (the budget reserves 64 positions for every request here),

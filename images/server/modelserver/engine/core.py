@@ -11,7 +11,7 @@ CUDA-graph path may win: that is unmeasured (no GPU here).
 
 This loop: requests prefill alone (reusing a cached prompt prefix when one matches,
 chunked, with the running streams stepped between chunks), are admitted only while the
-KV budget holds them, join the running left-padded batch between decode steps, are
+KV budget holds them, join the running batch (a row each, slots.py) between steps, are
 sampled together on the device with one device→host copy per step, detokenized
 incrementally, and leave when done or when their client has gone. An error fails only the
 request that caused it; a sticky device error breaks the engine (/health 503).

@@ -11,6 +11,9 @@ process per tree whose PYTHONPATH is that tree's): copies (`Tensor.copy_`,
 `Tensor.index_select`, `torch.cat`: bytes of the result) and zero fills (`new_zeros`,
 `zero_`). Both trees must produce the same greedy tokens.
 
+Timed: the same workload, nothing patched, each tree in its own worker one after the
+other (not interleaved: read small differences as noise).
+
 Compile: 16 requests (prompt 32, output 64, max batch 8: one shape) eager, then compiled;
 the compiled engine's first run (which compiles) is reported apart from the later ones.
 
@@ -149,6 +152,21 @@ def copies(model: Any, tok: Any) -> dict[str, Any]:
             "prompt_tokens": [len(p) for p in prompts], "output_tokens": outs}
 
 
+def timed(model: Any, tok: Any, rounds: int) -> dict[str, Any]:
+    """Wall time of the varied workload (nothing patched), `rounds` runs after one warm."""
+    prompts, outs = _workload(32, seed=1)
+    engine = _engine(model, tok, 16)
+    walls = []
+    for _ in range(rounds + 1):
+        t0 = time.perf_counter()
+        _run(engine, prompts, outs)
+        walls.append(time.perf_counter() - t0)
+    engine.stop()
+    walls = walls[1:]
+    return {"wall_s": [round(w, 3) for w in walls],
+            "median_tokens_per_s": round(sum(outs) / sorted(walls)[len(walls) // 2], 1)}
+
+
 def compiled(model: Any, tok: Any, rounds: int) -> dict[str, Any]:
     """tokens/s of the same 16 requests, eager vs --compile on (one shape)."""
     import torch
@@ -186,7 +204,7 @@ def worker(with_compile: bool, rounds: int) -> int:
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(str(path))
     out: dict[str, Any] = {"modelserver": str(Path(modelserver.__file__).parent),
-                           "copies": copies(model, tok)}
+                           "copies": copies(model, tok), "timed": timed(model, tok, rounds)}
     if with_compile:
         out["compile"] = compiled(model, tok, rounds)
     print(REPLY + json.dumps(out), flush=True)
@@ -248,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     for side in ("this", "baseline"):
         if side in res:
             c = res[side]["copies"]
-            print(side, {k: c[k] for k in ("copied", "zeroed", "joins", "leaves", "wall_s")},
-                  res[side].get("compile", ""))
+            print(side, {k: c[k] for k in ("copied", "zeroed", "joins", "leaves")},
+                  res[side]["timed"], res[side].get("compile", ""))
     return 0
 
 

@@ -11,8 +11,8 @@ process per tree whose PYTHONPATH is that tree's): copies (`Tensor.copy_`,
 `Tensor.index_select`, `torch.cat`: bytes of the result) and zero fills (`new_zeros`,
 `zero_`). Both trees must produce the same greedy tokens.
 
-Timed: the same workload, nothing patched, each tree in its own worker one after the
-other (not interleaved: read small differences as noise).
+Timed: the same workload, nothing patched, the two trees' workers alternating round by
+round (one warm-up run each first).
 
 Compile: 16 requests (prompt 32, output 64, max batch 8: one shape) eager, then compiled;
 the compiled engine's first run (which compiles) is reported apart from the later ones.
@@ -152,19 +152,17 @@ def copies(model: Any, tok: Any) -> dict[str, Any]:
             "prompt_tokens": [len(p) for p in prompts], "output_tokens": outs}
 
 
-def timed(model: Any, tok: Any, rounds: int) -> dict[str, Any]:
-    """Wall time of the varied workload (nothing patched), `rounds` runs after one warm."""
+def serve_timed(model: Any, tok: Any) -> None:
+    """Time the varied workload (nothing patched) once per line on stdin: the parent
+    alternates the two trees' workers round by round."""
     prompts, outs = _workload(32, seed=1)
     engine = _engine(model, tok, 16)
-    walls = []
-    for _ in range(rounds + 1):
+    for _ in sys.stdin:
         t0 = time.perf_counter()
         _run(engine, prompts, outs)
-        walls.append(time.perf_counter() - t0)
+        print(REPLY + json.dumps({"wall_s": time.perf_counter() - t0,
+                                  "tokens": sum(outs)}), flush=True)
     engine.stop()
-    walls = walls[1:]
-    return {"wall_s": [round(w, 3) for w in walls],
-            "median_tokens_per_s": round(sum(outs) / sorted(walls)[len(walls) // 2], 1)}
 
 
 def compiled(model: Any, tok: Any, rounds: int) -> dict[str, Any]:
@@ -193,7 +191,7 @@ def compiled(model: Any, tok: Any, rounds: int) -> dict[str, Any]:
     return res
 
 
-def worker(with_compile: bool, rounds: int) -> int:
+def worker(with_compile: bool, rounds: int, timed: bool = False) -> int:
     import modelserver
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -203,8 +201,11 @@ def worker(with_compile: bool, rounds: int) -> int:
     path = _model()
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(str(path))
+    if timed:
+        serve_timed(model, tok)
+        return 0
     out: dict[str, Any] = {"modelserver": str(Path(modelserver.__file__).parent),
-                           "copies": copies(model, tok), "timed": timed(model, tok, rounds)}
+                           "copies": copies(model, tok)}
     if with_compile:
         out["compile"] = compiled(model, tok, rounds)
     print(REPLY + json.dumps(out), flush=True)
@@ -212,8 +213,7 @@ def worker(with_compile: bool, rounds: int) -> int:
 
 
 def _spawn(src: Path, with_compile: bool, rounds: int) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(src / "images" / "server"), str(src / "operator")])}
+    env = _env(src)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--rounds", str(rounds)]
     if with_compile:
         cmd.append("--compile")
@@ -222,6 +222,49 @@ def _spawn(src: Path, with_compile: bool, rounds: int) -> dict[str, Any]:
         if line.startswith(REPLY):
             return json.loads(line[len(REPLY):])
     raise RuntimeError(f"worker for {src} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+
+
+def _env(src: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(src / "images" / "server"), str(src / "operator")])}
+
+
+def interleaved(trees: dict[str, Path], rounds: int) -> dict[str, Any]:
+    """The varied workload's wall time, the trees' workers alternating round by round
+    (one warm-up run each first); per round the ratio this / baseline."""
+    procs = {name: subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", "--timed"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env(src))
+        for name, src in trees.items()}
+
+    def ask(name: str) -> dict[str, Any]:
+        proc = procs[name]
+        proc.stdin.write("run\n")
+        proc.stdin.flush()
+        for line in proc.stdout:
+            if line.startswith(REPLY):
+                return json.loads(line[len(REPLY):])
+        raise RuntimeError(f"timed worker {name} exited ({proc.wait()})")
+
+    walls: dict[str, list[float]] = {name: [] for name in trees}
+    try:
+        for name in trees:
+            ask(name)  # warm
+        for r in range(rounds):
+            for name in (list(trees) if r % 2 == 0 else list(trees)[::-1]):
+                walls[name].append(round(ask(name)["wall_s"], 4))
+    finally:
+        for proc in procs.values():
+            proc.stdin.close()
+            proc.wait(timeout=60)
+    out: dict[str, Any] = {"wall_s": walls}
+    if len(trees) == 2:
+        a, b = (walls[n] for n in trees)
+        ratios = sorted(y / x for x, y in zip(a, b, strict=True))  # tok/s this / base
+        out["this_over_baseline_tok_s"] = {"median": round(ratios[len(ratios) // 2], 3),
+                                           "min": round(ratios[0], 3),
+                                           "max": round(ratios[-1], 3)}
+    return out
 
 
 def _commit(src: Path) -> str:
@@ -236,9 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--timed", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
-        return worker(a.compile, a.rounds)
+        return worker(a.compile, a.rounds, a.timed)
     if not a.out:
         p.error("--out is required")
     if a.baseline_src and not (Path(a.baseline_src) / "images" / "server").is_dir():
@@ -257,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         this, base = res["this"]["copies"], res["baseline"]["copies"]
         res["same_tokens_as_baseline"] = this["tokens"] == base["tokens"]
         res["copied_ratio"] = round(this["copied"] / max(1, base["copied"]), 4)
+        res["timed"] = interleaved({"this": ROOT, "baseline": src}, a.rounds)
     for side in ("this", "baseline"):
         if side in res:
             res[side]["copies"].pop("tokens")
@@ -267,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         if side in res:
             c = res[side]["copies"]
             print(side, {k: c[k] for k in ("copied", "zeroed", "joins", "leaves")},
-                  res[side]["timed"], res[side].get("compile", ""))
+                  res[side].get("compile", ""))
+    print("timed", res.get("timed"))
     return 0
 
 

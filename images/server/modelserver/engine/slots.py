@@ -13,8 +13,9 @@ neither CUDA graphs nor torch.compile could capture the decode forward. Here:
 A failed forward needs no rollback: the column it wrote lies at or past the row's length,
 which only advances once the step is accepted.
 
-Static shapes (`static=True`, the compiled decode): the forward runs over a bucket of rows
-(powers of two) and the slab's full width, so a few shapes cover every batch.
+Static shapes (the compiled decode, --compile on; core.py `_forward_slots`): the forward
+runs over a bucket of rows (powers of two) and the slab's full width (a power of two too),
+so a few shapes cover every batch.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class Slots:
 
     The engine owns which rows are active and how long each is (it passes lengths in);
     this class only moves bytes, and counts them (`copied`: bytes written into the slab by
-    joins, leaves and growth, for benchmarks/engine_copies.py)."""
+    joins, leaves and growth; benchmarks/engine_slots.py counts them its own way)."""
 
     def __init__(self, like: KV, rows: int, width: int) -> None:
         self.k = [k.new_zeros(rows, k.shape[1], width, k.shape[-1]) for k, _ in like]

@@ -20,9 +20,11 @@ export BENCH_THREADS
 BENCH_BASELINE ?= f4a0f2a
 # The engine before sampling moved onto the device (issue 14), for bench-engine-base.
 ENGINE_BASELINE ?= afe4294
+# The engine before its batch moved into slots (issue 14), for bench-engine-slots.
+SLOTS_BASELINE ?= b42f9cd
 
 .PHONY: bench bench-operator bench-restart bench-server bench-gpu gpu-bundle bench-load \
-  bench-engine bench-engine-base
+  bench-engine bench-engine-base bench-engine-slots
 
 bench: bench-operator bench-server bench-load ## benchmarks: operator at N=10..1000, server vs baselines, loader memory (long)
 	@echo ">> results in $(BENCH_OUT); benchmarks/RESULTS.md quotes them"
@@ -103,3 +105,12 @@ bench-engine-base: venv ## the builtin engine against itself at ENGINE_BASELINE 
 	$(PY) benchmarks/engine_overhead.py --model small --concurrency 1 8 32 --prompt-tokens 32 \
 	  --output-tokens 64 --rounds 5 --threads 1 --cases limit engine --detok-lengths \
 	  --baseline-src .cache/baseline-$(ENGINE_BASELINE) --out $(BENCH_OUT)/engine-sampling.json
+
+bench-engine-slots: venv ## the slots batch vs SLOTS_BASELINE: bytes copied at joins/leaves, alternating timing, --compile on vs eager; then per-step cost, same rounds (RESULTS.md §12, ~5 min)
+	@[ -d .cache/baseline-$(SLOTS_BASELINE) ] || \
+	  git worktree add --detach .cache/baseline-$(SLOTS_BASELINE) $(SLOTS_BASELINE)
+	$(PY) benchmarks/engine_slots.py --baseline-src .cache/baseline-$(SLOTS_BASELINE) \
+	  --rounds 7 --out $(BENCH_OUT)/engine-slots.json
+	$(PY) benchmarks/engine_overhead.py --model tiny --cases engine --concurrency 1 8 32 \
+	  --rounds 5 --profile-concurrency --detok-lengths --detok-outputs \
+	  --baseline-src .cache/baseline-$(SLOTS_BASELINE) --out $(BENCH_OUT)/engine-slots-overhead.json

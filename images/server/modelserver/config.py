@@ -25,6 +25,7 @@ ENV_PREFIX = "MODELSERVER_"
 DEFAULT_MAX_PREFILL_TOKENS_PER_STEP = 2048
 # redis-py's URL schemes (redis.from_url): plain, TLS, and a Unix socket.
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+COMPILE_MODES = ("off", "on")  # --compile
 
 
 class ConfigError(ValueError):
@@ -177,6 +178,9 @@ class Settings(contract.EngineOptions, ListenerSettings):
     kv_cache_memory: str = "auto"
     prefix_cache_memory: str = "auto"  # auto: all the KV budget the batch leaves
     max_prefill_tokens_per_step: int = DEFAULT_MAX_PREFILL_TOKENS_PER_STEP
+    # on: torch.compile the decode forward over static shapes (engine/slots.py); on CUDA
+    # with CUDA graphs. Off by default: compiling costs seconds per shape at start
+    compile: str = "off"
 
     @property
     def kv_cache_bytes(self) -> int | None:
@@ -194,6 +198,7 @@ class Settings(contract.EngineOptions, ListenerSettings):
             ("dtype", self.dtype, contract.DTYPES),
             ("quantization", self.quantization, contract.QUANTIZATIONS_BY_ENGINE["builtin"]),
             ("tool-call-parser", self.tool_call_parser, contract.BUILTIN_TOOL_CALL_PARSERS),
+            ("compile", self.compile, COMPILE_MODES),
         ):
             if value not in supported:
                 raise ConfigError(f"--{flag} {value!r}: one of {', '.join(supported)}")
@@ -367,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
          help="prompt tokens prefilled per scheduler iteration, across all arriving "
               "requests, between two decode steps of the running batch (smaller: "
               "smoother streams during a burst, slower first tokens)")
+    _add(s, "compile", default=d.compile,
+         help="|".join(COMPILE_MODES) + ": torch.compile the decode step over static shapes "
+              "(batch buckets, the slab's full width; CUDA: mode reduce-overhead, unmeasured)")
     _add(s, "no-warmup", action="store_true", help=argparse.SUPPRESS)
 
     g = sub.add_parser("gateway", allow_abbrev=False,

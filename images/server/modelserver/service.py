@@ -98,6 +98,7 @@ class ModelService:
                 prefix_cache_entries=s.prefix_cache_entries,
                 on_queue_wait=self.metrics.queue_duration.observe, kv_budget=budget,
                 max_prefill_tokens_per_step=s.max_prefill_tokens_per_step,
+                compile_decode=s.compile == "on",
             )
             self.engine.start()
             if s.warmup:

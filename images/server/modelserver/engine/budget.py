@@ -7,13 +7,16 @@ prefix cache keeps a count of entries whatever their size; with 10k-token agent 
 CPU server holding a 513 MiB model reached ~7 GB of RSS. With it, a request joins the batch
 only when the batch's real allocation after the join fits; else it waits in the queue.
 
-The accounting follows the layout in kv.py. The batch is B rows × W positions, every row as
-wide as the widest (left padding), and its slab capacity is exactly the width admission
-reserved: W = the largest prompt + max_new_tokens of its rows, rounded up to the slab
-alignment (a row never grows past its prompt + max_new_tokens, so the slab is never
-regrown). Copies made while the batch changes shape are counted too:
-  join:  the old slab + the joiners' own prefill caches + the new slab, alive together;
-  leave: the old slab + the new one with a row fewer.
+The accounting follows the layout in slots.py: the batch is one slab of R rows × W
+positions per layer, a request per row. W is exactly the width admission reserved: the
+largest prompt + max_new_tokens of its rows, rounded up to the slab alignment (a row never
+grows past its prompt + max_new_tokens). R is the rows' count rounded up to a power of two,
+or the exact count when the budget holds no more. What is alive together is counted:
+  join:  the slab held + the joiners' own prefill caches (copied into free rows), and only
+         when the batch outgrows the slab, the grown one (the held one is copied into it);
+  leave: nothing new (the last row moves into the leaver's hole, in place).
+The slab held keeps its size while rows leave (so a join after a leave copies nothing); it
+is freed when the batch empties.
 """
 
 from __future__ import annotations
@@ -86,17 +89,18 @@ class KVBudget:
         """The most the batch may allocate: all of it (prefix entries are evicted for it)."""
         return self.total_bytes
 
-    def join_bytes(self, rows: int, joiner_prompts: list[int], width: int) -> int:
-        """Peak bytes of a batch of `rows` rows, `width` (aligned) positions wide, whose
-        last len(joiner_prompts) rows are still joining: at a join the old slab (at most
-        rows-1 rows of `width`), the joiners' prefill caches and the new slab are alive
-        together; a leave (old slab + one with a row fewer) never needs more."""
-        return self.bytes_per_token * ((2 * rows - 1) * width + sum(joiner_prompts))
+    def join_bytes(self, held: tuple[int, int], grown: tuple[int, int] | None,
+                   joiner_prompts: list[int]) -> int:
+        """Peak bytes while requests join: the slab `held` now (rows, width; (0, 0): none),
+        the joiners' prefill caches, and the `grown` slab (rows, width) when the batch
+        outgrows the held one (None: the joiners go into its free rows)."""
+        slabs = held[0] * held[1] + (grown[0] * grown[1] if grown else 0)
+        return self.bytes_per_token * (slabs + sum(joiner_prompts))
 
     def fits_alone(self, prompt_tokens: int, max_new_tokens: int) -> bool:
         """Whether one request fits in an empty batch: else it can never run."""
         width = align(prompt_tokens + max_new_tokens)
-        return self.join_bytes(1, [prompt_tokens], width) <= self.batch_bytes
+        return self.join_bytes((0, 0), (1, width), [prompt_tokens]) <= self.batch_bytes
 
     def max_new_tokens_alone(self, prompt_tokens: int) -> int:
         """The most max_new_tokens a request of `prompt_tokens` may ask for (≤0: none)."""

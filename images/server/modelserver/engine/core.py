@@ -12,10 +12,11 @@ CUDA-graph path may win: that is unmeasured (no GPU here).
 This loop: requests prefill alone (reusing a cached prompt prefix when one matches,
 chunked; at most --max-prefill-tokens-per-step prompt tokens per iteration across all of
 them, with one decode step of the running streams between iterations: prefill.py), are
-admitted only while the KV budget holds them, join the running left-padded batch between
-decode steps, are sampled together on the device with one device→host copy per step, detokenized
-incrementally, and leave when done or when their client has gone. An error fails only the
-request that caused it; a sticky device error breaks the engine (/health 503).
+admitted only while the KV budget holds them, join the running batch (a row each,
+slots.py) between decode steps, are sampled together on the device with one device→host
+copy per step, detokenized incrementally, and leave when done or when their client has
+gone. An error fails only the request that caused it; a sticky device error breaks the
+engine (/health 503).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from .faults import EngineBroken, describe, fatal_reason, is_oom, probe
 from .prefill import Prefill, chunk_end
 from .prefix import PrefixCache
 from .sampling import Sampler, SamplingParams
+from .slots import Slots, bucket, decode_mask
 from .text import StopState
 
 log = logging.getLogger("modelserver.engine")
@@ -112,19 +114,20 @@ class Stats:
 class _Batch:
     """The running batch's state, set aside while part of it is stepped on its own."""
     rows: list[Request]
-    cache: kvops.SlabCache
-    mask: torch.Tensor
-    pos: torch.Tensor
+    cache: Slots
+    pos: torch.Tensor   # per row: its length, where its next token's KV goes
+    lens: list[int]     # the same on the host (the step's width, leaves)
     last: torch.Tensor
 
 
 @dataclass
 class _Checkpoint:
     """The batch just before a decode forward that succeeded (references, no copies): what
-    a failure later in the step (sampling, emitting) is rolled back to."""
+    a failure later in the step (sampling, emitting) is rolled back to. The KV needs no
+    rollback: the step's column lies at each row's length, which the checkpoint keeps."""
     rows: list[Request]
-    mask: torch.Tensor
     pos: torch.Tensor
+    lens: list[int]
     last: torch.Tensor
 
 
@@ -141,7 +144,7 @@ class Engine:
     def __init__(
         self, model: Any, tokenizer: Any, *, max_batch_size: int, prefix_cache_entries: int,
         on_queue_wait: Callable[[float], None] | None = None, prefill_chunk: int = 2048,
-        kv_budget: KVBudget | None = None,
+        kv_budget: KVBudget | None = None, compile_decode: bool = False,
         max_prefill_tokens_per_step: int = DEFAULT_MAX_PREFILL_TOKENS_PER_STEP,
     ) -> None:
         self.prefill_chunk = prefill_chunk
@@ -161,17 +164,20 @@ class Engine:
         self._inbox: queue.Queue[Request | None] = queue.Queue()
         self._waiting: deque[Request] = deque()
         self._rows: list[Request] = []
-        self._cache: kvops.SlabCache | None = None  # the running batch's KV, in place
+        self._cache: Slots | None = None  # the running batch's KV: a request per row
         # prefilled requests waiting to be stacked into the batch in one copy
         self._joining: list[tuple[Request, kvops.KV, torch.Tensor, int]] = []
         # the admitted request whose prefill goes on in the next iteration (arrival order)
         self._prefilling: Prefill | None = None
-        self._mask: torch.Tensor | None = None
-        self._pos: torch.Tensor | None = None     # next position per row
+        self._pos: torch.Tensor | None = None     # next position per row (= its length)
+        self._lens: list[int] = []                # the same on the host
         self._last: torch.Tensor | None = None    # next input token per row
         # transformers ≥5.2x renamed `past_key_values` to `cache`; accept both
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        # compiled: every step's shape is one of a few (row and width buckets)
+        self._static_shapes = compile_decode
+        self._decode = self._setup_decode(compile_decode)
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._stopping = False
         self._vocab_cache: tuple[list[str], dict[str, int]] | None = None
@@ -289,16 +295,46 @@ class Engine:
         return False
 
     def _slab_width(self, rows: list[Request]) -> int:
-        """The slab capacity admission reserved for a batch of `rows` (0: no budget, kv.py
+        """The slab width admission reserved for a batch of `rows` (0: no budget, the slab
         grows geometrically): no row outgrows its prompt + max_new_tokens."""
         if self.kv_budget is None:
             return 0
         return kvops.align(max(len(r.prompt_ids) + r.params.max_new_tokens for r in rows))
 
+    def _grown_shape(self, rows: list[Request], lens: list[int],
+                     joiner_prompts: list[int]) -> tuple[int, int] | None:
+        """The slab (rows, width) a batch of `rows` (lengths `lens`) needs when it outgrows
+        the one held now, else None. Rows grow to a power of two (a join rarely copies the
+        batch, and the compiled decode sees few shapes), the width is what admission
+        reserved (under a budget; compiled: rounded up to a power of two too, or each new
+        max_new_tokens would compile anew) or grows geometrically (without a budget); what
+        the KV budget cannot hold falls back to the exact rows, then the exact width."""
+        held = (self._cache.rows_cap, self._cache.width_cap) if self._cache else (0, 0)
+        width = self._slab_width(rows) or max(lens) + 1
+        if len(rows) <= held[0] and width <= held[1]:
+            return None
+        n = bucket(len(rows), max(self.max_batch_size, len(rows)))
+        budget = self.kv_budget
+        if budget is None:
+            return max(n, held[0]), kvops.capacity_for(width, held[1])
+        wide = 1 << (width - 1).bit_length() if self._static_shapes else width
+        shapes = [(n, wide), (len(rows), wide), (len(rows), width)]
+        for shape in shapes:
+            if budget.join_bytes(held, shape, joiner_prompts) <= budget.batch_bytes:
+                return shape
+        return shapes[-1]
+
+    def _join_bytes(self, joining: list[Request]) -> int:
+        """Peak KV bytes of the batch while `joining` (prefilled or not yet) joins it."""
+        prompts = [len(r.prompt_ids) for r in joining]
+        held = (self._cache.rows_cap, self._cache.width_cap) if self._cache else (0, 0)
+        grown = self._grown_shape(self._rows + joining, self._lens + prompts, prompts)
+        return self.kv_budget.join_bytes(held, grown, prompts)
+
     def _fits(self) -> bool:
         """Whether the queue's head may be prefilled now: the batch's real allocation once
-        it joins (budget.py: rows × reserved width, left padding included, plus the copies
-        alive during a join or leave) stays within the KV budget. Else it waits; a head
+        it joins (budget.py: the slab held, the joiners' prefill caches and, when the batch
+        outgrows the slab, the grown one) stays within the KV budget. Else it waits; a head
         that cannot fit even alone is refused here, or it would block the queue forever."""
         budget = self.kv_budget
         while budget is not None and self._waiting:
@@ -318,10 +354,7 @@ class Engine:
                 continue
             # asked only while no request is prefilling (one at a time, `_admit_next`):
             # the joiners are the prefilled ones and the head
-            joining = [j[0] for j in self._joining] + [req]
-            rows = self._rows + joining
-            need = budget.join_bytes(len(rows), [len(r.prompt_ids) for r in joining],
-                                     self._slab_width(rows))
+            need = self._join_bytes([j[0] for j in self._joining] + [req])
             if need > budget.batch_bytes:
                 return False
             # the prefix cache lives in what the batch leaves: it yields the room needed
@@ -338,7 +371,7 @@ class Engine:
     def kv_bytes(self) -> tuple[int, int]:
         """(batch, prefix cache) KV bytes allocated now; read from any thread."""
         cache = self._cache
-        batch = tensor_bytes(t for kv in cache.tensors() for t in kv) if cache else 0
+        batch = tensor_bytes(cache.tensors()) if cache else 0
         return batch, self.prefix.bytes
 
     def _prefill(self, p: Prefill, budget: int) -> int:
@@ -396,7 +429,8 @@ class Engine:
         self._joining.append((req, new_kv, mask, token))
 
     def _join(self) -> None:
-        """Stack the requests prefilled since the last step into the batch (one copy)."""
+        """Put the requests prefilled since the last step into free rows of the slab: each
+        joiner's own KV is copied, the batch's only when it outgrows the slab."""
         joining = [j for j in self._joining if not j[0].cancelled]
         for req, *_ in self._joining:
             if req.cancelled:
@@ -404,22 +438,26 @@ class Engine:
         self._joining = []
         if not joining:
             return
-        parts: list[tuple[kvops.KV, torch.Tensor]] = []
-        if self._rows:
-            parts.append((self._cache.tensors(), self._mask))
-        parts += [(kv, mask) for _, kv, mask, _ in joining]
-        old_cap = self._cache.layers[0].capacity if self._rows else 0
+        new_lens = [kv[0][0].shape[-2] for _, kv, _, _ in joining]
+        rows = self._rows + [req for req, *_ in joining]
+        lens = self._lens + new_lens
         try:
-            self._cache, self._mask = kvops.merge_many(
-                parts, old_cap, limit=self._slab_width(self._rows + [r for r, *_ in joining]))
-        except Exception as exc:  # the batch is untouched: only the joiners are at stake
+            slots = self._cache
+            grown = self._grown_shape(rows, lens, new_lens)
+            if grown is not None:
+                slots = (slots.grown(*grown, self._lens) if slots is not None
+                         else Slots(joining[0][1], *grown))
+            for i, (_, kv, _, _) in enumerate(joining):
+                slots.place(len(self._rows) + i, kv)
+        except Exception as exc:  # the batch's rows are untouched: only the joiners are at stake
             self._join_failed(joining, exc)
             return
-        pos = torch.tensor([m.shape[1] for _, _, m, _ in joining], device=self.device)
+        self._cache = slots
+        pos = torch.tensor(new_lens, device=self.device)
         last = torch.tensor([t for *_, t in joining], device=self.device)
         self._pos = torch.cat([self._pos, pos]) if self._rows else pos
         self._last = torch.cat([self._last, last]) if self._rows else last
-        self._rows += [req for req, *_ in joining]
+        self._rows, self._lens = rows, lens
         self.stats.batch_size = len(self._rows)
 
     def _decode_step(self) -> None:
@@ -437,12 +475,12 @@ class Engine:
             self._keep_rows_and_next_tokens(keep)
             if not self._rows:
                 return
-        out, mask = self._forward_decode()
+        logits = self._forward_decode()
         self.stats.steps += 1
         self.stats.step_rows += len(self._rows)
-        self._mask = mask
         self._pos = self._pos + 1
-        nxt, tokens, logprobs = self._pick(self._rows, out.logits[:, -1, :])
+        self._lens = [n + 1 for n in self._lens]
+        nxt, tokens, logprobs = self._pick(self._rows, logits)
         keep = [i for i, (r, token, logprob) in enumerate(
             zip(self._rows, tokens, logprobs, strict=True)) if not self._accept(r, token, logprob)]
         self._last = nxt  # the next tokens stay on the device
@@ -530,27 +568,42 @@ class Engine:
 
     def _keep_rows_and_next_tokens(self, keep: list[int]) -> None:
         """Keep only the rows `keep` of the batch, with their pending next tokens."""
-        idx = torch.tensor(keep, device=self.device, dtype=torch.long)
-        last = self._last.index_select(0, idx) if keep else None
-        self._keep_rows(keep)
-        self._last = last
+        order = self._keep_rows(keep)
+        if order:
+            self._last = self._last.index_select(
+                0, torch.tensor(order, device=self.device, dtype=torch.long))
 
-    def _keep_rows(self, keep: list[int]) -> None:
-        """Keep only the rows `keep` of the batch state (requests, KV, mask, positions);
-        the caller sets the next tokens, which it has for the kept rows already."""
+    def _keep_rows(self, keep: list[int]) -> list[int]:
+        """Keep only the rows `keep` of the batch state (requests, KV, positions); returns
+        the kept rows' former indices in their new order, for the caller's per-row tensors.
+
+        The kept rows stay where they are, except those past the new batch size: each
+        moves into a leaver's hole (one row's copy), so the active rows stay 0..B-1."""
         if not keep:
             self._reset_batch()
-            return
-        self._cache, self._mask = kvops.select(
-            self._cache.tensors(), self._mask, keep, self._cache.layers[0].capacity,
-            limit=self._slab_width([self._rows[i] for i in keep]))
-        self._pos = self._pos.index_select(0, torch.tensor(keep, device=self.device))
-        self._rows = [self._rows[i] for i in keep]
+            return []
+        n, kept = len(keep), set(keep)
+        holes = [i for i in range(n) if i not in kept]
+        movers = [i for i in keep if i >= n]
+        for i in range(len(self._rows)):
+            if i not in kept:
+                self._cache.vacate(i, self._lens[i])
+        order = list(range(n))
+        for hole, src in zip(holes, movers, strict=True):
+            self._cache.move(src, hole, self._lens[src])
+            self._cache.vacate(src, self._lens[src])
+            order[hole] = src
+        if movers or n != len(self._rows):
+            self._pos = self._pos.index_select(
+                0, torch.tensor(order, device=self.device, dtype=torch.long))
+        self._rows = [self._rows[i] for i in order]
+        self._lens = [self._lens[i] for i in order]
         self.stats.batch_size = len(self._rows)
+        return order
 
     def _reset_batch(self) -> None:
-        self._rows, self._cache = [], None
-        self._mask = self._pos = self._last = None
+        self._rows, self._cache, self._lens = [], None, []
+        self._pos = self._last = None
         self.stats.batch_size = 0
 
     def _accept(self, req: Request, token: int, logprob: float) -> bool:
@@ -586,47 +639,47 @@ class Engine:
 
     # ---- faults: an error fails only the request that caused it -----------------------
     def _forward_rows(self, rows: list[Request], last: torch.Tensor, mask: torch.Tensor,
-                      pos: torch.Tensor, cache: kvops.SlabCache) -> Any:
-        """The model's decode forward over `rows` (the requests are there to say whose
-        forward it is: tests fail it for one of them)."""
-        return self.model(
-            input_ids=last.unsqueeze(1), attention_mask=mask, position_ids=pos.unsqueeze(1),
-            **{self._cache_kw: cache}, use_cache=True,
-        )
+                      pos: torch.Tensor, cache: Any) -> torch.Tensor:
+        """The model's decode forward over `rows` → their next-token logits (the requests
+        are there to say whose forward it is: tests fail it for one of them)."""
+        return self._decode(last.unsqueeze(1), pos.unsqueeze(1), mask, cache)
 
-    def _forward_decode(self) -> tuple[Any, torch.Tensor]:
-        """The decode forward over the batch; returns its output and the step's mask.
+    def _forward_decode(self) -> torch.Tensor:
+        """The decode forward over the batch; returns each row's next-token logits.
 
-        The cache is written in place: one new column per layer, no copy of the past. When
-        the forward fails, every layer goes back to the length before the step, the rows
-        that caused it fail and the others run the step again without them."""
+        Each row's new K/V is written in place at its own length. When the forward fails
+        nothing is rolled back (a row's length advances only once its step is accepted):
+        the rows that caused it fail and the others run the step again without them."""
         while True:
-            mask = torch.cat([self._mask, self._mask.new_ones(len(self._rows), 1)], dim=1)
+            if max(self._lens) + 1 > self._cache.width_cap:  # no budget: geometric growth
+                self._cache = self._cache.grown(
+                    self._cache.rows_cap,
+                    kvops.capacity_for(max(self._lens) + 1, self._cache.width_cap), self._lens)
             try:
-                out = self._forward_rows(self._rows, self._last, mask, self._pos, self._cache)
+                logits = self._forward_slots(self._rows, self._last, self._pos, self._lens,
+                                             self._cache)
             except Exception as exc:
-                self._cache.rollback(self._mask.shape[1])
                 self._drop_failing_rows(exc)
                 if not self._rows:
                     raise _BatchGone() from exc
                 continue
-            self._checkpoint = _Checkpoint(self._rows, self._mask, self._pos, self._last)
+            self._checkpoint = _Checkpoint(self._rows, self._pos, self._lens, self._last)
             if len(self._rows) > self.stats.max_step_rows:
                 self.stats.max_step_rows = len(self._rows)
-            return out, mask
+            return logits
 
     def _drop_failing_rows(self, exc: Exception) -> None:
-        """After a failed decode forward (cache rolled back): fail the rows that caused it.
+        """After a failed decode forward: fail the rows that caused it.
 
-        Out of memory: the row holding the most KV (the last joined on a tie) made the
+        Out of memory: the row holding the most KV (the last admitted on a tie) made the
         batch too large. Any other error: the rows whose forward fails on their own, found
         by running halves of the batch on copies of their KV."""
         log.warning("decode forward failed with %d rows: %s", len(self._rows), describe(exc))
         self._check_device(exc)
         everyone = list(range(len(self._rows)))
         if is_oom(exc):
-            lengths = self._mask.sum(dim=1).tolist()
-            bad = [max(everyone, key=lambda i: (lengths[i], i))]
+            lengths, rows = self._lens, self._rows
+            bad = [max(everyone, key=lambda i: (lengths[i], rows[i].started_at or 0.0, i))]
             self._release_memory()
         else:
             bad = self._failing_rows(everyone) or everyone
@@ -641,13 +694,12 @@ class Engine:
             return idx
         bad: list[int] = []
         for part in (idx[: len(idx) // 2], idx[len(idx) // 2:]):
-            cache, mask = kvops.select(self._cache.tensors(), self._mask, part)
+            lens = [self._lens[i] for i in part]
             sel = torch.tensor(part, device=self.device)
             try:
-                self._forward_rows(
+                self._forward_slots(
                     [self._rows[i] for i in part], self._last.index_select(0, sel),
-                    torch.cat([mask, mask.new_ones(len(part), 1)], dim=1),
-                    self._pos.index_select(0, sel), cache)
+                    self._pos.index_select(0, sel), lens, self._cache.take(part, lens))
             except Exception as exc:
                 self._check_device(exc)
                 bad += self._failing_rows(part) or part
@@ -678,38 +730,41 @@ class Engine:
         """The forward succeeded, then picking or emitting one row's token failed.
 
         Rows are handled in order, so the rows before the culprit have taken this step's
-        token (they keep the new KV column) and the rows after it have not (they go back to
-        before the step and run it again, on their own). When no row took its token, the
-        culprit is unknown: the halves of the batch run the step apart until it is found."""
+        token (they keep the new KV column) and the rows after it have not (they stay at
+        their length before the step and run it again with the next step). When no row
+        took its token, the culprit is unknown: the halves of the batch run the step apart
+        until it is found."""
         log.warning("decode step failed after its forward: %s", describe(exc))
         self._check_device(exc)
-        rows, n, past = ckpt.rows, len(ckpt.rows), ckpt.mask.shape[1]
-        # a row's next position is len(prompt) + len(generated) - 1 until it takes a token
-        before = [p - len(r.prompt_ids) + 1 for r, p in zip(rows, ckpt.pos.tolist(),
-                                                             strict=True)]
-        took = [len(r.generated) > g for r, g in zip(rows, before, strict=True)]
+        rows, n = ckpt.rows, len(ckpt.rows)
+        # a row's length is len(prompt) + len(generated) - 1 until it takes a token
+        took = [len(r.generated) > n_ - len(r.prompt_ids) + 1
+                for r, n_ in zip(rows, ckpt.lens, strict=True)]
         pending = [i for i in range(n) if not took[i]]
+        self._rows, self._pos, self._lens, self._last = (
+            rows, ckpt.pos, list(ckpt.lens), ckpt.last)
         if pending and (any(took) or n == 1):
-            rows[pending[0]].emit(ErrorEvent(f"generation failed: {describe(exc)}"))
-            groups = [pending[1:]]
-        else:
-            groups = [pending[: n // 2], pending[n // 2:]]
+            culprit = pending[0]
+            rows[culprit].emit(ErrorEvent(f"generation failed: {describe(exc)}"))
+            ahead = [i for i in range(n) if took[i]]
+            if ahead:  # their step is done: one position further, their next token known
+                sel = torch.tensor(ahead, device=self.device)
+                self._pos = ckpt.pos.index_add(0, sel, torch.ones_like(sel))
+                self._last = ckpt.last.index_copy(0, sel, torch.tensor(
+                    [rows[i].generated[-1] for i in ahead], device=self.device,
+                    dtype=ckpt.last.dtype))
+                for i in ahead:
+                    self._lens[i] += 1
+            self._keep_rows_and_next_tokens([
+                i for i in range(n) if i != culprit and not (took[i] and self._ended(rows[i]))])
+            return
         parts: list[_Batch] = []
-        ahead = [i for i in range(n) if took[i] and not self._ended(rows[i])]
-        if ahead:  # their step is done: they keep its column, their next token is known
-            step_mask = torch.cat([ckpt.mask, ckpt.mask.new_ones(n, 1)], dim=1)
-            cache, mask = kvops.select(self._cache.tensors(), step_mask, ahead)
-            sel = torch.tensor(ahead, device=self.device)
-            last = torch.tensor([rows[i].generated[-1] for i in ahead], device=self.device)
-            parts.append(_Batch([rows[i] for i in ahead], cache, mask,
-                                ckpt.pos.index_select(0, sel) + 1, last))
         full = self._cache
-        full.rollback(past)
-        for group in (g for g in groups if g):
-            cache, mask = kvops.select(full.tensors(), ckpt.mask, group)
+        for group in (g for g in (pending[: n // 2], pending[n // 2:]) if g):
             sel = torch.tensor(group, device=self.device)
-            self._put_batch(_Batch([rows[i] for i in group], cache, mask,
-                                   ckpt.pos.index_select(0, sel),
+            lens = [ckpt.lens[i] for i in group]
+            self._put_batch(_Batch([rows[i] for i in group], full.take(group, lens),
+                                   ckpt.pos.index_select(0, sel), lens,
                                    ckpt.last.index_select(0, sel)))
             try:
                 self._step()
@@ -718,15 +773,21 @@ class Engine:
                     r.emit(ErrorEvent(f"engine broken: {broken}", "unavailable"))
                 raise
             if self._rows:
-                parts.append(_Batch(self._rows, self._cache, self._mask, self._pos,
+                parts.append(_Batch(self._rows, self._cache, self._pos, self._lens,
                                     self._last))
         self._reset_batch()
         if len(parts) == 1:
             self._put_batch(parts[0])
         elif parts:
-            cache, mask = kvops.merge_many([(p.cache.tensors(), p.mask) for p in parts])
-            self._put_batch(_Batch([r for p in parts for r in p.rows], cache, mask,
-                                   torch.cat([p.pos for p in parts]),
+            lens = [n_ for p in parts for n_ in p.lens]
+            slots = full.empty_like(bucket(len(lens), max(self.max_batch_size, len(lens))),
+                                    max(p.cache.width_cap for p in parts))
+            at = 0
+            for p in parts:
+                slots.put_rows(p.cache, list(range(len(p.rows))), at, p.lens)
+                at += len(p.rows)
+            self._put_batch(_Batch([r for p in parts for r in p.rows], slots,
+                                   torch.cat([p.pos for p in parts]), lens,
                                    torch.cat([p.last for p in parts])))
 
     def _ended(self, req: Request) -> bool:
@@ -742,21 +803,53 @@ class Engine:
         return req.stop is not None and req.stop.stopped_on is not None
 
     def _put_batch(self, batch: _Batch) -> None:
-        self._rows, self._cache, self._mask = batch.rows, batch.cache, batch.mask
+        self._rows, self._cache, self._lens = batch.rows, batch.cache, batch.lens
         self._pos, self._last = batch.pos, batch.last
         self.stats.batch_size = len(self._rows)
 
     def _join_failed(self, joining: list[tuple[Request, kvops.KV, torch.Tensor, int]],
                      exc: Exception) -> None:
-        """Stacking the joiners into the batch failed (out of memory, most likely): the one
-        with the longest prompt fails, the others try again."""
+        """Putting the joiners into the batch failed (out of memory growing the slab, most
+        likely): the one with the longest prompt fails, the others try again."""
         log.warning("join of %d requests failed: %s", len(joining), describe(exc))
         self._check_device(exc)
         self._release_memory()
-        worst = max(range(len(joining)), key=lambda i: (joining[i][2].shape[1], i))
+        worst = max(range(len(joining)), key=lambda i: (joining[i][1][0][0].shape[-2], i))
         joining[worst][0].emit(ErrorEvent(f"generation failed: {describe(exc)}"))
         self._joining = joining[:worst] + joining[worst + 1:]
         self._join()
+
+    def _setup_decode(self, compile_decode: bool) -> Callable[..., torch.Tensor]:
+        """The decode forward: eager, or compiled (--compile on) over static shapes (row
+        buckets, the slab's full width); on CUDA with CUDA graphs (reduce-overhead)."""
+        if not compile_decode:
+            return self._decode_logits
+        mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+        return torch.compile(self._decode_logits, mode=mode, dynamic=False)
+
+    def _decode_logits(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor,
+                       cache: Any) -> torch.Tensor:
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                          **{self._cache_kw: cache}, use_cache=True).logits[:, -1]
+
+    def _forward_slots(self, rows: list[Request], last: torch.Tensor, pos: torch.Tensor,
+                       lens: list[int], slots: Slots) -> torch.Tensor:
+        """One decode step of `rows` (slab rows 0..len-1): eager over exactly those rows and
+        the widest one's columns; compiled over a bucket of rows (the extra ones write
+        position 0 of free rows, which the next occupant overwrites) and the full width."""
+        n = len(rows)
+        if not self._static_shapes:
+            width = max(lens) + 1
+        else:
+            width, pad = slots.width_cap, bucket(n, slots.rows_cap) - n
+            if pad:
+                last = torch.cat([last, last.new_zeros(pad)])
+                pos = torch.cat([pos, pos.new_zeros(pad)])
+        cfg = self.model.config
+        mask = decode_mask(pos, width, getattr(cfg, "_attn_implementation", "sdpa"),
+                           self.model.dtype)
+        logits = self._forward_rows(rows, last, mask, pos, slots.view(len(pos), width, pos))
+        return logits[:n]
 
     def _probe_device(self) -> None:
         probe(self.device)

@@ -1,19 +1,16 @@
-"""KV-cache storage and surgery for continuous batching.
+"""KV-cache storage for prefill, and left-padded batch surgery.
 
-The running batch keeps one left-padded cache (B rows × T positions) plus a 2-D attention
-mask. A request joins by prefilling alone and being concatenated in (the shorter side is
-left-padded); it leaves by row selection, after which all-padding columns are trimmed.
-Padded key/value slots are zeros and masked out, so a row attends to exactly its own
-tokens — the reason a batched greedy run equals the solo one.
+A request prefills alone into a `SlabCache` (below); its KV then joins the running batch,
+which lives in slots.py (a row per request, right padded: joins and leaves copy one row).
+`merge_many` / `select` stack and cut left-padded batches (a join or leave copying the
+whole batch): the engine's batch used them until slots.py; kept for a batched prefill.
 
 Storage: transformers' DynamicCache grows by `torch.cat` on every forward, i.e. it copies
 the whole cache of every layer once per decoded token; at 16 rows × 300 positions that was
 a third of a CPU decode step. `SlabCache` is a DynamicCache whose layers write new
 positions in place into a buffer with spare capacity (grown geometrically) and hand the
-model views of the filled part, so a decode step writes one column. Whole-cache copies are
-left to joins and leaves, which happen once per request instead of once per token. Under a
-KV budget (budget.py) the engine passes `limit`, the width admission reserved for the batch:
-the slab then has exactly that capacity, no geometric headroom the budget did not count.
+model views of the filled part, so a forward writes only its new positions. `limit`: a
+capacity never exceeded with geometric headroom (a width a KV budget reserved).
 """
 
 from __future__ import annotations

@@ -149,6 +149,36 @@ def test_joins_and_leaves_in_a_running_batch_never_copy_the_batch(tiny, monkeypa
     assert 1 <= len(grows) <= 2 and grows[-1][0] == 4, grows
 
 
+def test_eager_decode_of_padded_gqa_rows_never_repeats_kv(tiny, monkeypatch):
+    """Issue 14: once a row was padded, attention copied K/V per query head (`repeat_kv`)
+    over every padded column, every layer, every step. The tiny model is GQA (4 query
+    heads, 2 KV heads); rows of different lengths decode together with a per-row mask, and
+    transformers' GQA-aware path (one query token: the query is packed onto the KV heads)
+    must take every step. The counter is proven live on a padded two-token forward, which
+    does repeat K/V."""
+    from transformers.integrations import sdpa_attention
+
+    model, tok = tiny
+    calls = []
+    real = sdpa_attention.repeat_kv
+    monkeypatch.setattr(sdpa_attention, "repeat_kv",
+                        lambda h, n: calls.append(h.shape) or real(h, n))
+    engine = Engine(model, tok, max_batch_size=4, prefix_cache_entries=0)
+    engine.start()
+    try:
+        prompts = [list(range(5, 5 + n)) for n in (7, 30, 12)]
+        outs = _run(engine, prompts, [12, 4, 9])
+    finally:
+        engine.stop()
+    assert [len(o) for o in outs] == [12, 4, 9]
+    assert engine.stats.max_step_rows == 3  # the rows really decoded together, padded
+    assert calls == []
+    with torch.no_grad():  # the counter sees a path that does repeat K/V
+        model(input_ids=torch.tensor([[5, 6], [7, 8]]),
+              attention_mask=torch.tensor([[0, 1], [1, 1]]))
+    assert calls
+
+
 def test_compiled_decode_yields_the_eager_tokens_across_joins_and_leaves(tiny):
     """--compile on (torch.compile, inductor on the CPU) over static shapes: two row
     buckets (1, 2) and one width (the budget reserves 64 positions for every request here),

@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -37,6 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_overhead import CACHE, MODELS, _commit, build, log  # noqa: E402
 from server_bench import smollm2_dense  # noqa: E402
+from tree_worker import TreeWorker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REPLY = "@@burst-worker "  # marks the worker's replies among anything else on stdout
@@ -173,41 +173,11 @@ def worker(path: Path, max_batch: int) -> int:
 
 # --------------------------------------------------------------------------- parent side
 
-class Worker:
+def _worker(src: Path, path: Path, max_batch: int, threads: int) -> TreeWorker:
     """A worker process importing modelserver from `src` only."""
-
-    def __init__(self, src: Path, path: Path, max_batch: int, threads: int) -> None:
-        src = src.resolve()
-        if not (src / "images" / "server" / "modelserver" / "engine" / "core.py").exists():
-            raise SystemExit(f"{src}: no images/server/modelserver there")
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join(
-            [str(src / "images" / "server"), str(src / "operator")])}
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", str(path),
-             "--max-batch", str(max_batch), "--threads", str(threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.src = self.call({"op": "hello"})["modelserver"]
-        if not Path(self.src).resolve().is_relative_to(src):
-            raise RuntimeError(f"the worker imported {self.src}, not from {src}")
-
-    def call(self, msg: dict[str, Any]) -> dict[str, Any]:
-        self.proc.stdin.write(json.dumps(msg) + "\n")
-        self.proc.stdin.flush()
-        for line in self.proc.stdout:
-            if line.startswith(REPLY):
-                reply = json.loads(line[len(REPLY):])
-                if "error" in reply:
-                    raise RuntimeError(f"worker: {reply['error']}")
-                return reply
-        raise RuntimeError(f"worker exited ({self.proc.wait()})")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+    return TreeWorker(Path(__file__), src, [str(path), "--max-batch", str(max_batch),
+                                            "--threads", str(threads)],
+                      REPLY, env={"OMP_NUM_THREADS": str(threads)})
 
 
 def prompts(n: int, lo: int, hi: int, vocab: int, seed: int) -> list[list[int]]:
@@ -253,9 +223,9 @@ def main(argv: list[str] | None = None) -> int:
 
     vocab = AutoConfig.from_pretrained(path).vocab_size
     max_batch = a.streams + a.burst
-    trees = {"new": Worker(ROOT, path, max_batch, a.threads)}
+    trees = {"new": _worker(ROOT, path, max_batch, a.threads)}
     if a.baseline_src:
-        trees["base"] = Worker(Path(a.baseline_src), path, max_batch, a.threads)
+        trees["base"] = _worker(Path(a.baseline_src), path, max_batch, a.threads)
     configs = ([("base", None)] if "base" in trees else []) + [("new", b) for b in a.budgets]
     streams = prompts(a.streams, STREAM_PROMPT, STREAM_PROMPT, vocab, 1)
     runs: dict[str, list[dict[str, Any]]] = {}

@@ -62,6 +62,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from server_bench import prompts, silence_textless, smollm2_gguf, start_ready  # noqa: E402
+from tree_worker import TreeWorker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench-models"
@@ -257,29 +258,12 @@ class BaselineEngine:
     InProcessEngine times itself, so the pipe is outside the measurement."""
 
     def __init__(self, src: Path, path: Path, max_batch: int, threads: int) -> None:
-        src = src.resolve()
-        if not (src / "images" / "server" / "modelserver" / "engine" / "core.py").exists():
-            raise SystemExit(f"--baseline-src {src}: no images/server/modelserver there")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(src / "images" / "server"), str(src / "operator")])}
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", str(path),
-             "--threads", str(threads), "--max-batch", str(max_batch), "--out", "-"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.src = self._call({"op": "hello"})["modelserver"]
-        if not Path(self.src).resolve().is_relative_to(src):
-            raise RuntimeError(f"the baseline worker imported {self.src}, not from {src}")
-
-    def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
-        self.proc.stdin.write(json.dumps(msg) + "\n")
-        self.proc.stdin.flush()
-        for line in self.proc.stdout:
-            if line.startswith(WORKER_REPLY):
-                reply = json.loads(line[len(WORKER_REPLY):])
-                if "error" in reply:
-                    raise RuntimeError(f"baseline worker: {reply['error']}")
-                return reply
-        raise RuntimeError(f"baseline worker exited ({self.proc.wait()})")
+        self.worker = TreeWorker(Path(__file__), src,
+                                 [str(path), "--threads", str(threads), "--max-batch",
+                                  str(max_batch), "--out", "-"], WORKER_REPLY, stop_timeout=30)
+        self.src = self.worker.src
+        self._call = self.worker.call
+        self.stop = self.worker.stop
 
     def run(self, plist: list[list[int]], out_tokens: int) -> dict[str, Any]:
         return self._call({"op": "run", "prompts": plist, "out_tokens": out_tokens})
@@ -287,14 +271,6 @@ class BaselineEngine:
     def profile(self, c: int, prompt_len: int, out_tokens: int, vocab: int,
                 seed: int) -> dict[str, Any]:
         return self._call({"op": "profile", "args": [c, prompt_len, out_tokens, vocab, seed]})
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 def worker(path: Path, max_batch: int) -> int:

@@ -34,6 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tree_worker import tree_env  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = ROOT / ".cache" / "bench-models" / "engine-slots-tiny"
 REPLY = "ENGINE_SLOTS "
@@ -213,7 +216,7 @@ def worker(with_compile: bool, rounds: int, timed: bool = False) -> int:
 
 
 def _spawn(src: Path, with_compile: bool, rounds: int) -> dict[str, Any]:
-    env = _env(src)
+    env = tree_env(src)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--rounds", str(rounds)]
     if with_compile:
         cmd.append("--compile")
@@ -224,17 +227,12 @@ def _spawn(src: Path, with_compile: bool, rounds: int) -> dict[str, Any]:
     raise RuntimeError(f"worker for {src} failed ({proc.returncode}): {proc.stderr[-2000:]}")
 
 
-def _env(src: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(src / "images" / "server"), str(src / "operator")])}
-
-
 def interleaved(trees: dict[str, Path], rounds: int) -> dict[str, Any]:
     """The varied workload's wall time, the trees' workers alternating round by round
     (one warm-up run each first); per round the ratio this / baseline."""
     procs = {name: subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--worker", "--timed"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env(src))
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=tree_env(src))
         for name, src in trees.items()}
 
     def ask(name: str) -> dict[str, Any]:

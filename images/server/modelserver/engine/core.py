@@ -324,12 +324,14 @@ class Engine:
                 return shape
         return shapes[-1]
 
-    def _join_bytes(self, joining: list[Request]) -> int:
-        """Peak KV bytes of the batch while `joining` (prefilled or not yet) joins it."""
+    def _join_bytes(self, joining: list[Request]) -> tuple[int, int]:
+        """Peak KV bytes of the batch while `joining` (prefilled or not yet) joins it, and
+        the bytes of those that are a slab grown for it (0: it fits the one held)."""
         prompts = [len(r.prompt_ids) for r in joining]
         held = (self._cache.rows_cap, self._cache.width_cap) if self._cache else (0, 0)
         grown = self._grown_shape(self._rows + joining, self._lens + prompts, prompts)
-        return self.kv_budget.join_bytes(held, grown, prompts)
+        grown_bytes = grown[0] * grown[1] * self.kv_budget.bytes_per_token if grown else 0
+        return self.kv_budget.join_bytes(held, grown, prompts), grown_bytes
 
     def _fits(self) -> bool:
         """Whether the queue's head may be prefilled now: the batch's real allocation once
@@ -354,11 +356,19 @@ class Engine:
                 continue
             # asked only while no request is prefilling (one at a time, `_admit_next`):
             # the joiners are the prefilled ones and the head
-            need = self._join_bytes([j[0] for j in self._joining] + [req])
+            need, grown = self._join_bytes([j[0] for j in self._joining] + [req])
             if need > budget.batch_bytes:
                 return False
-            # the prefix cache lives in what the batch leaves: it yields the room needed
-            self.prefix.evict_to(budget.total_bytes - need, keep_for=req.prompt_ids)
+            # The prefix cache lives in what the batch leaves: it yields the room needed.
+            # An entry the head's prompt extends (an agent's previous turn) is dropped when
+            # the head stores its own prompt, before the join: it lives beside the head's
+            # prefill, not beside a slab grown for the join, so only what it exceeds that
+            # slab by must be left free (else a 13k-token turn could never be reused in a
+            # budget of three such prompts).
+            superseded = self.prefix.superseded_bytes(req.prompt_ids)
+            self.prefix.evict_to(
+                budget.total_bytes - need + superseded - max(0, superseded - grown),
+                keep_for=req.prompt_ids)
             return True
         return bool(self._waiting)  # refusals above may have emptied the queue
 

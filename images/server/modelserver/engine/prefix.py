@@ -31,6 +31,10 @@ def _common_prefix(a: list[int], b: tuple[int, ...]) -> int:
     return int(diff[0]) if diff.numel() else n
 
 
+def _is_prefix(key: tuple[int, ...], prompt: list[int] | tuple[int, ...]) -> bool:
+    return len(key) <= len(prompt) and tuple(prompt[: len(key)]) == key
+
+
 def kv_bytes(kv: KV) -> int:
     """What keeping `kv` costs: every buffer it views, counted whole."""
     return tensor_bytes(t for pair in kv for t in pair)
@@ -77,12 +81,18 @@ class PrefixCache:
         key = tuple(prompt)
         with self._lock:
             # an entry that is a prefix of the new prompt is now redundant
-            for old in [k for k in self._entries if len(k) <= len(key) and key[: len(k)] == k]:
+            for old in [k for k in self._entries if _is_prefix(k, key)]:
                 self._drop(old)
             self._entries[key] = (kv, size)
             self.bytes += size
             while len(self._entries) > self.max_entries or self.bytes > bound:
                 self._drop(next(iter(self._entries)))  # least recently used first
+
+    def superseded_bytes(self, prompt: list[int]) -> int:
+        """Bytes of the entries that storing `prompt` would drop (its own prefixes)."""
+        with self._lock:
+            return sum(size for key, (_, size) in self._entries.items()
+                       if _is_prefix(key, prompt))
 
     def evict_to(self, max_bytes: int, keep_for: list[int] | None = None) -> None:
         """Drop least recently used entries until at most `max_bytes` are held; the entry

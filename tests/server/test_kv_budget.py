@@ -254,13 +254,14 @@ def test_the_prefix_cache_yields_to_the_batch_and_keeps_a_long_prompt(tiny):
     engine.start()
     try:
         system, other = _prompts(2, 500, seed=6)
-        # turn 1 then turn 2 of an agent: 500 shared tokens (over a third of the budget).
-        # Turn 2's join needs its slab (512) + prefill (504); the entry it extends (502)
-        # lives beside the prefill only (turn 2's store drops it before the join): kept
+        # turn 1 then turn 2 of an agent: 500 shared tokens (over a third of the budget),
+        # then they differ (OpenClaw's turns do: turn 1 is no prefix of turn 2). Turn 2's
+        # join needs its slab (512) + prefill (504); the entry it starts from (502) lives
+        # beside the prefill only (turn 2's store evicts it for the join): kept until then
         _run(engine, [system + [7, 8]], max_new=4)
         held = engine.prefix.bytes
         assert held >= 500 * TINY_BYTES_PER_TOKEN
-        finals, _, peak = _run(engine, [system + [7, 8, 9, 10]], max_new=4)
+        finals, _, peak = _run(engine, [system + [9, 10, 11, 12]], max_new=4)
         assert finals[0].cached_tokens >= 500, finals
         assert peak["both"] <= budget.total_bytes, peak
         # a request whose join needs more than what the prefix cache leaves: 640-wide slab
@@ -268,7 +269,7 @@ def test_the_prefix_cache_yields_to_the_batch_and_keeps_a_long_prompt(tiny):
         finals, _, peak = _run(engine, [other], max_new=100, timeout=60)
         assert isinstance(finals[0], FinalEvent), finals
         assert peak["both"] <= budget.total_bytes, peak
-        assert engine.prefix.lookup(system + [7, 8, 9, 10, 11])[0] < 500  # evicted for it
+        assert engine.prefix.lookup(system + [9, 10, 11, 12, 13])[0] < 500  # evicted for it
     finally:
         engine.stop()
 

@@ -40,7 +40,7 @@ from .constrain import ToolCallGrammar
 from .detok import IncrementalDecoder, new_decoder
 from .faults import EngineBroken, describe, fatal_reason, is_oom, probe
 from .prefill import Prefill, chunk_end
-from .prefix import PrefixCache
+from .prefix import PrefixCache, kv_bytes
 from .sampling import Sampler, SamplingParams
 from .slots import Slots, bucket, decode_mask
 from .text import StopState
@@ -360,23 +360,25 @@ class Engine:
             if need > budget.batch_bytes:
                 return False
             # The prefix cache lives in what the batch leaves: it yields the room needed.
-            # An entry the head's prompt extends (an agent's previous turn) is dropped when
-            # the head stores its own prompt, before the join: it lives beside the head's
-            # prefill, not beside a slab grown for the join, so only what it exceeds that
-            # slab by must be left free (else a 13k-token turn could never be reused in a
-            # budget of three such prompts).
-            superseded = self.prefix.superseded_bytes(req.prompt_ids)
-            self.prefix.evict_to(
-                budget.total_bytes - need + superseded - max(0, superseded - grown),
-                keep_for=req.prompt_ids)
+            # The entry the head starts from (an agent's previous turn) must live beside
+            # the head's prefill only: the head's store evicts it (least recently used)
+            # when the join needs its room (`_prefix_room`), so only what it exceeds a slab
+            # grown for the join by must be left free (else a 13k-token turn could never be
+            # reused in a budget of three such prompts).
+            reused = self.prefix.match_bytes(req.prompt_ids)
+            self.prefix.evict_to(budget.total_bytes - need + reused - max(0, reused - grown),
+                                 keep_for=req.prompt_ids)
             return True
         return bool(self._waiting)  # refusals above may have emptied the queue
 
-    def _prefix_room(self) -> int | None:
-        """The KV budget's bytes the running batch does not hold now (None: no budget)."""
+    def _prefix_room(self, req: Request, kv_bytes: int) -> int | None:
+        """The KV budget's bytes the prefix cache may hold once `req` (prefilled, its KV
+        `kv_bytes` about to be stored) has joined: all but the join's peak, of which its
+        stored KV is part (None: no budget)."""
         if self.kv_budget is None:
             return None
-        return self.kv_budget.total_bytes - self.kv_bytes()[0]
+        need, _ = self._join_bytes([j[0] for j in self._joining] + [req])
+        return self.kv_budget.total_bytes - need + kv_bytes
 
     def kv_bytes(self) -> tuple[int, int]:
         """(batch, prefix cache) KV bytes allocated now; read from any thread."""
@@ -432,7 +434,7 @@ class Engine:
         self.stats.prefill_tokens += len(ids) - req.cached_tokens
         self.stats.cached_tokens += req.cached_tokens
         new_kv = p.cache.tensors()
-        self.prefix.store(ids, new_kv, room=self._prefix_room())
+        self.prefix.store(ids, new_kv, room=self._prefix_room(req, kv_bytes(new_kv)))
         _, (token,), (logprob,) = self._pick([req], logits)
         if self._accept(req, token, logprob):
             return  # finished on its first token: never joins the batch

@@ -52,22 +52,29 @@ class PrefixCache:
         self.hits = 0
         self.hit_tokens = 0
 
+    def _best(self, prompt: list[int]) -> tuple[int, tuple[int, ...] | None]:
+        """The entry sharing the longest usable prefix with `prompt` (always leaving ≥1
+        token to compute) and that length; (0, None) under min_tokens. Under the lock."""
+        best, best_key = 0, None
+        for key in self._entries:
+            n = min(_common_prefix(prompt, key), len(prompt) - 1)
+            if n > best:
+                best, best_key = n, key
+        return (best, best_key) if best >= self.min_tokens else (0, None)
+
     def lookup(self, prompt: list[int]) -> tuple[int, KV | None]:
         """Longest usable cached prefix of `prompt` (always leaving ≥1 token to compute)."""
         if self.max_entries <= 0:
             return 0, None
-        best, best_kv, best_key = 0, None, None
         with self._lock:
-            for key, (kv, _) in self._entries.items():
-                n = min(_common_prefix(prompt, key), len(prompt) - 1)
-                if n > best:
-                    best, best_kv, best_key = n, kv, key
-            if best < self.min_tokens or best_kv is None:
+            best, key = self._best(prompt)
+            if key is None:
                 return 0, None
-            self._entries.move_to_end(best_key)
+            self._entries.move_to_end(key)
+            kv = self._entries[key][0]
         self.hits += 1
         self.hit_tokens += best
-        return best, crop(best_kv, best)
+        return best, crop(kv, best)
 
     def store(self, prompt: list[int], kv: KV, room: int | None = None) -> None:
         """Keep `prompt`'s KV, evicting least recently used entries so the cache stays within
@@ -88,18 +95,17 @@ class PrefixCache:
             while len(self._entries) > self.max_entries or self.bytes > bound:
                 self._drop(next(iter(self._entries)))  # least recently used first
 
-    def superseded_bytes(self, prompt: list[int]) -> int:
-        """Bytes of the entries that storing `prompt` would drop (its own prefixes)."""
+    def match_bytes(self, prompt: list[int]) -> int:
+        """Bytes of the entry `prompt` would start from (0: none)."""
         with self._lock:
-            return sum(size for key, (_, size) in self._entries.items()
-                       if _is_prefix(key, prompt))
+            key = self._best(prompt)[1]
+            return self._entries[key][1] if key is not None else 0
 
     def evict_to(self, max_bytes: int, keep_for: list[int] | None = None) -> None:
         """Drop least recently used entries until at most `max_bytes` are held; the entry
         that would serve `keep_for` (the request about to be prefilled) goes last."""
         with self._lock:
-            keep = max(self._entries, key=lambda k: _common_prefix(keep_for, k), default=None) \
-                if keep_for else None
+            keep = self._best(keep_for)[1] if keep_for else None
             for key in [k for k in self._entries if k != keep] + [keep]:
                 if self.bytes <= max_bytes:
                     return

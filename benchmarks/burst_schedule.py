@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_overhead import CACHE, MODELS, _commit, build, log  # noqa: E402
 from server_bench import smollm2_dense  # noqa: E402
-from tree_worker import TreeWorker  # noqa: E402
+from tree_worker import TreeWorker, serve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REPLY = "@@burst-worker "  # marks the worker's replies among anything else on stdout
@@ -149,23 +149,9 @@ class Scenario:
 
 
 def worker(path: Path, max_batch: int) -> int:
-    import modelserver
-
     sc = Scenario(path, max_batch)
-
-    def reply(obj: dict[str, Any]) -> None:
-        print(REPLY + json.dumps(obj), flush=True)
-
     try:
-        for line in sys.stdin:
-            msg = json.loads(line)
-            try:
-                if msg["op"] == "hello":
-                    reply({"modelserver": str(Path(modelserver.__file__).parent)})
-                else:
-                    reply(sc.run(msg["budget"], msg["streams"], msg["burst"]))
-            except Exception as exc:  # the parent raises it with the message
-                reply({"error": f"{type(exc).__name__}: {exc}"})
+        serve(REPLY, lambda msg: sc.run(msg["budget"], msg["streams"], msg["burst"]))
     finally:
         sc.stop()
     return 0

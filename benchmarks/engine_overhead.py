@@ -62,7 +62,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from server_bench import prompts, silence_textless, smollm2_gguf, start_ready  # noqa: E402
-from tree_worker import TreeWorker  # noqa: E402
+from tree_worker import TreeWorker, serve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench-models"
@@ -275,27 +275,17 @@ class BaselineEngine:
 
 def worker(path: Path, max_batch: int) -> int:
     """The baseline's side of BaselineEngine: one JSON request per stdin line."""
-    import modelserver
-
     ip = InProcessEngine(path, max_batch)
+    ops = {"run": lambda msg: ip.run(msg["prompts"], msg["out_tokens"]),
+           "profile": lambda msg: profile(ip, *msg["args"])}
 
-    def reply(obj: dict[str, Any]) -> None:
-        print(WORKER_REPLY + json.dumps(obj), flush=True)
+    def handle(msg: dict[str, Any]) -> dict[str, Any]:
+        if msg["op"] not in ops:
+            return {"error": f"unknown op {msg['op']!r}"}
+        return ops[msg["op"]](msg)
 
     try:
-        for line in sys.stdin:
-            msg = json.loads(line)
-            try:
-                if msg["op"] == "hello":
-                    reply({"modelserver": str(Path(modelserver.__file__).parent)})
-                elif msg["op"] == "run":
-                    reply(ip.run(msg["prompts"], msg["out_tokens"]))
-                elif msg["op"] == "profile":
-                    reply(profile(ip, *msg["args"]))
-                else:
-                    reply({"error": f"unknown op {msg['op']!r}"})
-            except Exception as exc:  # the parent raises it with the message
-                reply({"error": f"{type(exc).__name__}: {exc}"})
+        serve(WORKER_REPLY, handle)
     finally:
         ip.stop()
     return 0

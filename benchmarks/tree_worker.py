@@ -55,3 +55,23 @@ class TreeWorker:
                 self.proc.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+def serve(marker: str, handle: Any) -> None:
+    """The worker's side of TreeWorker: answer each stdin JSON line with `handle(msg)`
+    (after the "hello" that names the modelserver this process imported); an exception
+    goes back as {"error"}, which the parent raises with its message."""
+    import modelserver
+
+    def reply(obj: dict[str, Any]) -> None:
+        print(marker + json.dumps(obj), flush=True)
+
+    for line in sys.stdin:
+        msg = json.loads(line)
+        try:
+            if msg["op"] == "hello":
+                reply({"modelserver": str(Path(modelserver.__file__).parent)})
+            else:
+                reply(handle(msg))
+        except Exception as exc:  # the parent raises it with the message
+            reply({"error": f"{type(exc).__name__}: {exc}"})

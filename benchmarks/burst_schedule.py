@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_overhead import CACHE, MODELS, _commit, build, log  # noqa: E402
+from engine_overhead import CACHE, MODELS, build, log  # noqa: E402
 from server_bench import smollm2_dense  # noqa: E402
-from tree_worker import TreeWorker, serve  # noqa: E402
+from tree_worker import TreeWorker, serve, tree_commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REPLY = "@@burst-worker "  # marks the worker's replies among anything else on stdout
@@ -241,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         "streams": a.streams, "stream_prompt_tokens": STREAM_PROMPT, "burst": a.burst,
         "burst_prompt_tokens": [a.prompt_min, a.prompt_max],
         "burst_new_tokens": BURST_NEW_TOKENS, "rounds": a.rounds,
-        "commit": _commit(ROOT),
+        "commit": tree_commit(ROOT),
         "baseline": ({"src": str(Path(a.baseline_src).resolve()),
-                      "commit": _commit(Path(a.baseline_src))} if a.baseline_src else None),
+                      "commit": tree_commit(Path(a.baseline_src))} if a.baseline_src else None),
         "median": {k: summarize(v) for k, v in runs.items()},
         "runs": runs,
     }

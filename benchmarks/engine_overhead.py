@@ -51,7 +51,6 @@ import os
 import platform
 import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -62,7 +61,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from server_bench import prompts, silence_textless, smollm2_gguf, start_ready  # noqa: E402
-from tree_worker import TreeWorker, serve  # noqa: E402
+from tree_worker import TreeWorker, serve, tree_commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench-models"
@@ -641,19 +640,6 @@ def ratios(runs: dict[str, dict[int, list[dict[str, Any]]]], c: int) -> dict[str
     return out
 
 
-def _commit(tree: Path) -> str | None:
-    """The tree's HEAD, with "+dirty" when it has uncommitted changes to tracked files."""
-    try:
-        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], check=True,
-                              capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain",
-                                "--untracked-files=no"], check=True, capture_output=True,
-                               text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+dirty" if dirty else "")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=sorted(MODELS), default="small",
@@ -807,9 +793,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     if base is not None:
         out["baseline"] = {"src": str(Path(a.baseline_src).resolve()),
-                           "modelserver": base.src, "commit": _commit(Path(a.baseline_src)),
+                           "modelserver": base.src, "commit": tree_commit(Path(a.baseline_src)),
                            "profile": base_profiles}
-    out["commit"] = _commit(ROOT)
+    out["commit"] = tree_commit(ROOT)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
     for row in table:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tree_worker import tree_env  # noqa: E402
+from tree_worker import tree_commit, tree_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = ROOT / ".cache" / "bench-models" / "engine-slots-tiny"
@@ -265,11 +265,6 @@ def interleaved(trees: dict[str, Path], rounds: int) -> dict[str, Any]:
     return out
 
 
-def _commit(src: Path) -> str:
-    return subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
-                          text=True, check=False).stdout.strip()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--baseline-src", metavar="DIR", required=False)
@@ -290,11 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     res: dict[str, Any] = {"started": started, "loadavg_at_start": load,
                            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-                           "commit": _commit(ROOT)}
+                           "commit": tree_commit(ROOT)}
     res["this"] = _spawn(ROOT, True, a.rounds)
     if a.baseline_src:
         src = Path(a.baseline_src).resolve()
-        res["baseline"] = {"src": str(src), "commit": _commit(src),
+        res["baseline"] = {"src": str(src), "commit": tree_commit(src),
                            **_spawn(src, False, a.rounds)}
         this, base = res["this"]["copies"], res["baseline"]["copies"]
         res["same_tokens_as_baseline"] = this["tokens"] == base["tokens"]

@@ -8,7 +8,10 @@ Three engines, same model, same prompts, same forced output length:
   in process (no HTTP in its way: this flatters the peer slightly);
 - `server`: `python -m modelserver serve`, driven over HTTP by an asyncio + httpx client
   speaking the OpenAI streaming API (`/v1/completions`, `stream: true`, token-id prompts,
-  `ignore_eos: true` so every request generates exactly `max_tokens`).
+  `ignore_eos: true` so every request generates exactly `max_tokens`);
+- `server-base` (with `--baseline-src DIR`): the same, but the server of another source
+  tree (a git worktree at an older commit), so two commits compare in one run;
+  `--rounds N` alternates the engines N times against a shared machine's drift.
 
 Prompts are random token ids (fixed seed), `--prompt-tokens` long. Concurrency is closed
 loop: c clients, each sending its next request when the previous one finished; a level
@@ -42,9 +45,11 @@ from pathlib import Path
 from typing import Any
 
 from procs import stop_process
+from tree_worker import tree_commit, tree_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench-models"
+SERVER_BASE = "server-base"  # the sweep's engine: --baseline-src's server, same run
 
 QWEN25_05B = {  # Qwen/Qwen2.5-0.5B-Instruct config.json (architecture fields)
     "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
@@ -412,11 +417,15 @@ class RSS:
 
 
 class Server:
-    def __init__(self, model: str, dtype: str, *extra: str, log: Path) -> None:
+    """`modelserver serve` as a process: this checkout's, or the one in source tree `src`
+    (the `server-base` engine: another commit's server in the same run)."""
+
+    def __init__(self, model: str, dtype: str, *extra: str, log: Path,
+                 src: Path | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
-               "TRANSFORMERS_OFFLINE": "1"}
+        offline = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        env = tree_env(src, **offline) if src else {**os.environ, **offline}
         self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "modelserver", "serve", "--model", model, "--host",
@@ -501,11 +510,12 @@ async def load_level(base: str, plist: list[list[int]], out_tokens: int, c: int,
     return summarize(records, wall, c)
 
 
-def start_ready(model: str, dtype: str, *extra: str, log: Path, tries: int = 3) -> Server:
+def start_ready(model: str, dtype: str, *extra: str, log: Path, tries: int = 3,
+                src: Path | None = None) -> Server:
     """Start the server and wait for /health; retry when it exits at start (the free port
     it was given can be taken by another process before it binds, e.g. a parallel suite)."""
     for attempt in range(tries):
-        srv = Server(model, dtype, *extra, log=log)
+        srv = Server(model, dtype, *extra, log=log, src=src)
         try:
             srv.wait_ready()
             return srv
@@ -518,10 +528,11 @@ def start_ready(model: str, dtype: str, *extra: str, log: Path, tries: int = 3) 
 
 def run_server(model: str, dtype: str, plist: list[list[int]], out_tokens: int,
                levels: list[int], min_requests: int, logdir: Path,
-               extra: list[str]) -> tuple[list[dict[str, Any]], int]:
+               extra: list[str], src: Path | None = None) -> tuple[list[dict[str, Any]], int]:
     srv = start_ready(model, dtype, "--max-batch-size", str(max(levels)),
                       "--max-concurrent-requests", str(4 * max(levels) + 8), *extra,
-                      log=logdir / "modelserver.log")
+                      log=logdir / ("modelserver-base.log" if src else "modelserver.log"),
+                      src=src)
     try:
         rows = []
         offset = 0
@@ -599,19 +610,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         "output_tokens": args.output_tokens, "min_requests": args.min_requests,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "threads": os.environ.get("OMP_NUM_THREADS", "default"), "engines": {}}
-    for engine in args.engines:
+        "threads": os.environ.get("OMP_NUM_THREADS", "default"), "engines": {},
+        "commit": tree_commit(ROOT)}
+    base_src = Path(args.baseline_src).resolve() if args.baseline_src else None
+    if base_src:
+        out["server_base"] = {"src": str(base_src), "commit": tree_commit(base_src)}
+    # rounds alternate the engines (A B A B ...), so a shared machine's drift hits both
+    for rnd, engine in itertools.product(range(1, args.rounds + 1), args.engines):
         levels = args.baseline_concurrency if engine == "baseline" else args.concurrency
         t = time.monotonic()
-        if engine == "server":
+        if engine in ("server", SERVER_BASE):
             rows, peak = run_server(srv_model, args.dtype, plist, args.output_tokens, levels,
                                     args.min_requests, logdir,
-                                    ["--device", args.device, *args.server_arg])
+                                    ["--device", args.device, *args.server_arg],
+                                    src=base_src if engine == SERVER_BASE else None)
         else:
             rows, peak = child_engine(engine, args, prompt_file, levels)
-        out["engines"][engine] = {"rows": rows, "peak_rss_mib": round(peak / 2**20, 1),
-                                  "seconds": round(time.monotonic() - t, 1),
-                                  "loadavg_1m_after": round(os.getloadavg()[0], 2)}
+        key = engine if args.rounds == 1 else f"{engine} #{rnd}"
+        out["engines"][key] = {"rows": rows, "peak_rss_mib": round(peak / 2**20, 1),
+                               "seconds": round(time.monotonic() - t, 1),
+                               "loadavg_1m_after": round(os.getloadavg()[0], 2)}
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(out, indent=1))
@@ -771,9 +789,15 @@ def main(argv: list[str] | None = None) -> int:
 
     s = sub.add_parser("sweep")
     common(s)
-    s.add_argument("--engines", nargs="+", default=["baseline", "peer", "server"])
+    s.add_argument("--engines", nargs="+", default=["baseline", "peer", "server"],
+                   choices=["baseline", "peer", "server", SERVER_BASE])
     s.add_argument("--baseline-concurrency", type=int, nargs="+", default=[1],
                    help="the sequential baseline's tok/s does not depend on c")
+    s.add_argument("--baseline-src", metavar="DIR", default="",
+                   help=f"engine {SERVER_BASE}: the server of this source tree (e.g. a git "
+                   "worktree at an older commit), in the same run as this checkout's")
+    s.add_argument("--rounds", type=int, default=1,
+                   help="run the engines in turn this many times (results 'ENGINE #k')")
     s.set_defaults(fn=cmd_sweep)
     s = sub.add_parser("_engine")
     common(s)
@@ -794,6 +818,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("output")
     s.set_defaults(fn=cmd_plot)
     args = p.parse_args(argv)
+    if getattr(args, "rounds", 1) < 1:
+        p.error(f"--rounds {args.rounds}: at least 1")
+    if SERVER_BASE in getattr(args, "engines", []):
+        src = Path(args.baseline_src) if args.baseline_src else None
+        if src is None or not (src / "images" / "server" / "modelserver").is_dir():
+            p.error(f"--engines {SERVER_BASE} needs --baseline-src DIR, a source tree with "
+                    f"images/server/modelserver (got {args.baseline_src or 'none'})")
     if getattr(args, "tokenizer", "") and not (Path(args.tokenizer) / "tokenizer_config.json"
                                                ).is_file():
         p.error(f"--tokenizer {args.tokenizer}: no tokenizer_config.json there")

@@ -19,6 +19,19 @@ def tree_env(src: Path, **extra: str) -> dict[str, str]:
         [str(src / "images" / "server"), str(src / "operator")])}
 
 
+def tree_commit(tree: Path) -> str | None:
+    """The tree's HEAD, with "+dirty" when it has uncommitted changes to tracked files."""
+    try:
+        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain",
+                                "--untracked-files=no"], check=True, capture_output=True,
+                               text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 class TreeWorker:
     """`script --worker ...args` run against the tree `src`; its first reply to
     {"op": "hello"} must name a modelserver imported from that tree."""

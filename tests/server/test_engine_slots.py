@@ -179,11 +179,18 @@ def test_eager_decode_of_padded_gqa_rows_never_repeats_kv(tiny, monkeypatch):
     assert calls
 
 
-def test_compiled_decode_yields_the_eager_tokens_across_joins_and_leaves(tiny):
+def test_compiled_decode_yields_the_eager_tokens_across_joins_and_leaves(tiny, monkeypatch):
     """--compile on (torch.compile, inductor on the CPU) over static shapes: two row
     buckets (1, 2) and one width (the budget reserves 64 positions for every request here),
-    so it compiles twice; five requests of different lengths join and leave the batch."""
+    so it compiles twice; five requests of different lengths join and leave the batch.
+    Compiled, every slab is a static address (CUDA graphs replay in place, not on copies);
+    eager, none is."""
     from torch._dynamo.utils import counters
+
+    slabs: list[Slots] = []
+    place = Slots.place
+    monkeypatch.setattr(Slots, "place",
+                        lambda self, row, kv: (slabs.append(self), place(self, row, kv))[1])
 
     model, tok = tiny
     g = torch.Generator().manual_seed(9)
@@ -204,6 +211,10 @@ def test_compiled_decode_yields_the_eager_tokens_across_joins_and_leaves(tiny):
         assert engine.stats.max_step_rows == 2  # the rows were batched
         compiles = counters["frames"]["ok"] - frames
         assert compiles == (2 if compiled else 0), compiles
+        static = {getattr(t, "_dynamo_static_input_type", None) == "unguarded"
+                  for slab in slabs for t in slab.tensors()}
+        assert static == {compiled}, (compiled, static)
+        slabs.clear()
     assert runs[True] == runs[False]
     assert [len(t) for t in runs[True]] == max_new
 

@@ -458,7 +458,7 @@ class Engine:
             grown = self._grown_shape(rows, lens, new_lens)
             if grown is not None:
                 slots = (slots.grown(*grown, self._lens) if slots is not None
-                         else Slots(joining[0][1], *grown))
+                         else Slots(joining[0][1], *grown, static_address=self._static_shapes))
             for i, (_, kv, _, _) in enumerate(joining):
                 slots.place(len(self._rows) + i, kv)
         except Exception as exc:  # the batch's rows are untouched: only the joiners are at stake

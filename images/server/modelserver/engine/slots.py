@@ -15,7 +15,11 @@ which only advances once the step is accepted.
 
 Static shapes (the compiled decode, --compile on; core.py `_forward_slots`): the forward
 runs over a bucket of rows (powers of two) and the slab's full width (a power of two too),
-so a few shapes cover every batch.
+so a few shapes cover every batch. The slab tensors are then marked as static addresses:
+CUDA graphs (reduce-overhead) would otherwise copy every input into a buffer of their own
+before each replay (the whole KV, every step) and refuse to capture a graph that writes
+into its inputs; marked, a replay reads and writes the slab in place, and a new slab (the
+batch outgrew it) makes them re-record instead of recompiling.
 """
 
 from __future__ import annotations
@@ -40,9 +44,13 @@ class Slots:
     this class only moves bytes, and counts them (`copied`: bytes written into the slab by
     joins, leaves and growth; benchmarks/engine_slots.py counts them its own way)."""
 
-    def __init__(self, like: KV, rows: int, width: int) -> None:
+    def __init__(self, like: KV, rows: int, width: int, static_address: bool = False) -> None:
         self.k = [k.new_zeros(rows, k.shape[1], width, k.shape[-1]) for k, _ in like]
         self.v = [v.new_zeros(rows, v.shape[1], width, v.shape[-1]) for _, v in like]
+        self.static_address = static_address
+        if static_address:
+            for t in self.k + self.v:
+                torch._dynamo.mark_static_address(t)
         # per row: columns [0, stale) may hold a former occupant's data, past the current
         # one's length. Masked columns must be finite (0 × inf is NaN): they are zeroed
         # when a row is reused, only as far as the former occupant wrote
@@ -91,7 +99,8 @@ class Slots:
     def empty_like(self, rows: int, width: int) -> Slots:
         """A new zeroed slab of `rows` × `width`, this one's layers, dtype and device."""
         return Slots([(k[:1, :, :1], v[:1, :, :1])
-                      for k, v in zip(self.k, self.v, strict=True)], rows, width)
+                      for k, v in zip(self.k, self.v, strict=True)], rows, width,
+                     self.static_address)
 
     def put_rows(self, src: Slots, rows: list[int], at: int, lens: list[int]) -> None:
         """Copy `src`'s `rows` (lengths `lens`) into rows at, at+1, ... (fresh rows)."""

@@ -146,7 +146,7 @@ class ModelService:
         except TimeoutError:
             raise RuntimeError(
                 f"warm-up of {shape} did not finish in {WARMUP_TIMEOUT}s") from None
-        errors = [o.error for o in outs if o.error]
+        errors = [o.error for o in outs if o.error is not None]
         if errors:
             hint = " (out of memory: lower it)" if any(
                 "out of memory" in m.lower() or "OutOfMemory" in m for m in errors) else ""

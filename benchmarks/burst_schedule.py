@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_overhead import CACHE, MODELS, build, log  # noqa: E402
 from server_bench import smollm2_dense  # noqa: E402
-from tree_worker import TreeWorker, serve, tree_commit  # noqa: E402
+from tree_worker import TreeWorker, engine_drive, serve, tree_commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REPLY = "@@burst-worker "  # marks the worker's replies among anything else on stdout
@@ -80,54 +80,32 @@ class Scenario:
 
     def run(self, budget: int | None, streams: list[list[int]],
             burst: list[list[int]]) -> dict[str, Any]:
-        from modelserver.engine.core import FinalEvent, Request, TokenEvent
-        from modelserver.engine.sampling import SamplingParams
+        from modelserver.engine.core import TokenEvent
 
+        drive = engine_drive()
         engine = self.engine(budget)
-        n = len(streams) + len(burst)
-        times: list[list[float]] = [[] for _ in range(n)]
-        ends: list[Any] = [None] * n
-        done = threading.Semaphore(0)
         warm = threading.Semaphore(0)
 
-        def emitter(i: int):
-            def emit(e: Any) -> None:
-                if isinstance(e, TokenEvent):
-                    times[i].append(time.perf_counter())
-                    if i < len(streams) and len(times[i]) == STREAM_WARM_TOKENS:
-                        warm.release()
-                else:
-                    ends[i] = e
-                    done.release()
-            return emit
+        def warmed(o: Any, ev: Any) -> None:  # on the engine thread: a stream is decoding
+            if isinstance(ev, TokenEvent) and len(o.tokens) == STREAM_WARM_TOKENS:
+                warm.release()
 
-        def submit(i: int, ids: list[int], max_new: int) -> Request:
-            req = Request(list(ids), SamplingParams(max_new_tokens=max_new, temperature=0,
-                                                    ignore_eos=True), emitter(i))
-            engine.submit(req)
-            return req
-
-        running = [submit(i, p, 1_000_000) for i, p in enumerate(streams)]
+        running = [drive.submit(engine, p, drive.greedy(1_000_000), warmed) for p in streams]
         for _ in streams:
             warm.acquire()
         t0 = time.perf_counter()
-        for j, p in enumerate(burst):
-            submit(len(streams) + j, p, BURST_NEW_TOKENS)
-        for _ in burst:
-            done.acquire()
+        outs = drive.run_all(engine, burst, drive.greedy(BURST_NEW_TOKENS))
         t_done = time.perf_counter()
-        for r in running:
-            r.cancel()
-        for _ in streams:
-            done.acquire()
-        bad = [e for e in ends[len(streams):] if not isinstance(e, FinalEvent)]
-        if bad:
-            raise RuntimeError(f"a burst request failed: {bad[0]}")
-        first = [times[len(streams) + j][0] for j in range(len(burst))]
+        for o in running:
+            o.request.cancel()
+        drive.wait_all(running)
+        if (error := drive.first_error(outs)) is not None:
+            raise RuntimeError(f"a burst request failed: {error}")
+        first = [o.times[0] for o in outs]
         t_last_first = max(first)
         gaps: list[float] = []
         in_window = 0
-        for ts in times[: len(streams)]:
+        for ts in (o.times for o in running):
             in_window += sum(t0 < t <= t_last_first for t in ts)
             # every gap that overlaps the window, the one the burst opened included
             gaps += [b - a for a, b in zip(ts, ts[1:], strict=False)

@@ -52,7 +52,6 @@ import platform
 import signal
 import statistics
 import sys
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -61,7 +60,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from server_bench import prompts, silence_textless, smollm2_gguf, start_ready  # noqa: E402
-from tree_worker import TreeWorker, serve, tree_commit  # noqa: E402
+from tree_worker import TreeWorker, engine_drive, serve, tree_commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench-models"
@@ -207,44 +206,18 @@ class InProcessEngine:
 
     def run(self, plist: list[list[int]], out_tokens: int,
             keep_ids: bool = False) -> dict[str, Any]:
-        from modelserver.engine.core import Event, FinalEvent, Request, TokenEvent
-        from modelserver.engine.sampling import SamplingParams
-
-        c = len(plist)
-        generated: list[list[int]] = [[] for _ in plist]
-        first = [0.0] * c
-        last = [0.0] * c
-        counts = [0] * c
-        done = threading.Semaphore(0)
-        errors: list[Any] = []
-
-        def emitter(i: int) -> Callable[[Event], None]:
-            def emit(e: Event) -> None:
-                if isinstance(e, TokenEvent):
-                    now = time.perf_counter()
-                    if not counts[i]:
-                        first[i] = now
-                    counts[i] += 1
-                    generated[i].append(e.id)
-                    last[i] = now
-                else:
-                    if not isinstance(e, FinalEvent):
-                        errors.append(e)
-                    done.release()
-            return emit
-
+        drive = engine_drive()
         steps0 = self.engine.stats.steps
         t0 = time.perf_counter()
-        for i, ids in enumerate(plist):
-            params = SamplingParams(max_new_tokens=out_tokens, temperature=0, ignore_eos=True)
-            self.engine.submit(Request(list(ids), params, emitter(i)))
-        for _ in plist:
-            done.acquire()
+        outs = drive.run_all(self.engine, plist, drive.greedy(out_tokens))
         t_end = time.perf_counter()
-        if errors:
-            raise RuntimeError(f"engine failed: {errors[0]}")
-        extra = {"generated": generated} if keep_ids else {}
-        return record(c, out_tokens, t0, t_end, first, last, sum(counts),
+        if (error := drive.first_error(outs)) is not None:
+            raise RuntimeError(f"engine failed: {error}")
+        extra = {"generated": [o.tokens for o in outs]} if keep_ids else {}
+        return record(len(plist), out_tokens, t0, t_end,
+                      [o.times[0] if o.times else 0.0 for o in outs],
+                      [o.times[-1] if o.times else 0.0 for o in outs],
+                      sum(len(o.tokens) for o in outs),
                       engine_steps=self.engine.stats.steps - steps0, **extra)
 
     def stop(self) -> None:
@@ -402,7 +375,7 @@ class StepProfile:
     emit, rest = the step minus them); kv_write and repeat_kv are inside forward, syncs
     (Tensor.__int__/__float__/item/tolist) inside the step wherever they happen."""
 
-    TOP = ("forward", "sampling", "detokenize", "stop_check", "emit", "kv_select")
+    TOP = ("forward", "sampling", "detokenize", "stop_check", "emit", "kv_leave")
 
     def __init__(self) -> None:
         self.t: dict[str, float] = defaultdict(float)
@@ -454,7 +427,7 @@ class StepProfile:
         self._undo.append(lambda: delattr(eng, "_decode_step"))
         self._wrap(eng.model, "forward", "forward")
         self._wrap(kv.SlabLayer, "update", "kv_write")
-        self._wrap(kv, "select", "kv_select")  # rows leaving: a copy of the whole KV
+        self._wrap(*_leave_entry(), "kv_leave")
         self._wrap(sdpa, "repeat_kv", "repeat_kv")
         self._wrap(*_sampling_entry(), "sampling")
         self._wrap(eng.tokenizer, "decode", "detokenize")
@@ -487,6 +460,18 @@ class StepProfile:
                                for k in ("forward", "sampling", "detokenize", "syncs",
                                          "repeat_kv", "kv_write")},
         }
+
+
+def _leave_entry() -> tuple[Any, str]:
+    """What copies KV when rows leave, in the engine being profiled: one row moved into
+    the hole (engine/slots.py), or in an engine older than slots the whole batch's KV
+    cut down to the kept rows (kv.select)."""
+    try:
+        from modelserver.engine.slots import Slots
+    except ImportError:  # before slots: the left-padded batch
+        from modelserver.engine import kv
+        return kv, "select"
+    return Slots, "move"
 
 
 def _sampling_entry() -> tuple[Any, str]:

@@ -29,13 +29,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tree_worker import tree_commit, tree_env  # noqa: E402
+from tree_worker import engine_drive, tree_commit, tree_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = ROOT / ".cache" / "bench-models" / "engine-slots-tiny"
@@ -62,31 +61,11 @@ def _workload(n: int, seed: int) -> tuple[list[list[int]], list[int]]:
 
 
 def _run(engine: Any, prompts: list[list[int]], outs: list[int]) -> list[list[int]]:
-    from modelserver.engine.core import ErrorEvent, FinalEvent, Request, TokenEvent
-    from modelserver.engine.sampling import SamplingParams
-
-    tokens: list[list[int]] = [[] for _ in prompts]
-    errors: list[str] = []
-    done = threading.Semaphore(0)
-
-    def emitter(i: int):
-        def emit(ev) -> None:
-            if isinstance(ev, TokenEvent):
-                tokens[i].append(ev.id)
-            elif isinstance(ev, FinalEvent | ErrorEvent):
-                if isinstance(ev, ErrorEvent):
-                    errors.append(ev.message)
-                done.release()
-        return emit
-
-    for i, (p, n) in enumerate(zip(prompts, outs, strict=True)):
-        engine.submit(Request(list(p), SamplingParams(max_new_tokens=n, temperature=0,
-                                                       ignore_eos=True), emitter(i)))
-    for _ in prompts:
-        done.acquire()
-    if errors:
-        raise RuntimeError(errors[0])
-    return tokens
+    drive = engine_drive()
+    done = drive.run_all(engine, prompts, [drive.greedy(n) for n in outs])
+    if (error := drive.first_error(done)) is not None:
+        raise RuntimeError(error)
+    return [o.tokens for o in done]
 
 
 def _engine(model: Any, tok: Any, max_batch: int, **kw: Any) -> Any:

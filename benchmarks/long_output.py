@@ -29,7 +29,6 @@ import os
 import platform
 import statistics
 import sys
-import threading
 import time
 import types
 from pathlib import Path
@@ -253,40 +252,23 @@ def window_stats(steps: list[tuple[int, float, float, float]], c: int) -> dict[s
 
 def engine_run(ip: InProcessEngine, path: str, c: int, prompt_len: int, out_tokens: int,
                vocab: int, seed: int) -> dict[str, Any]:
-    from modelserver.engine.core import Engine, FinalEvent, Request, TokenEvent
-    from modelserver.engine.sampling import SamplingParams
+    from modelserver.engine import drive
+    from modelserver.engine.core import Engine
 
     eng = ip.engine
     timer = StepTimer(eng)
     timer.attach(types.MethodType(old_accept, eng) if path == "old" else eng._accept)
-    texts: list[list[str]] = [[] for _ in range(c)]
-    finals: list[Any] = [None] * c
-    done = threading.Semaphore(0)
-
-    def emitter(i: int) -> Any:
-        def emit(ev: Any) -> None:
-            if isinstance(ev, TokenEvent):
-                texts[i].append(ev.text)
-            else:
-                finals[i] = ev
-                done.release()
-        return emit
-
     t0 = time.perf_counter()
     try:
-        for i, ids in enumerate(prompts(c, prompt_len, vocab, seed=seed)):
-            params = SamplingParams(max_new_tokens=out_tokens, temperature=0, ignore_eos=True,
-                                    stop=list(STOPS))
-            eng.submit(Request(list(ids), params, emitter(i)))
-        for _ in range(c):
-            done.acquire()
+        outs = drive.run_all(eng, prompts(c, prompt_len, vocab, seed=seed),
+                             drive.greedy(out_tokens, stop=list(STOPS)))
         wall = time.perf_counter() - t0
         time.sleep(0.05)  # the last step returns after emitting the final events
     finally:
         timer.detach()
     assert eng._accept.__func__ is Engine._accept
-    assert all(isinstance(f, FinalEvent) and f.completion_tokens == out_tokens for f in finals)
-    assert all("".join(t) == f.text for t, f in zip(texts, finals, strict=True))
+    assert all(o.ok and o.end.completion_tokens == out_tokens for o in outs)
+    assert all(o.text == o.end.text for o in outs)
     return {"path": path, "c": c, "output_tokens": out_tokens, "wall_s": round(wall, 2),
             "wall": window_stats(timer.steps, c), "cpu": window_stats(timer.cpu, c)}
 

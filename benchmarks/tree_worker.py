@@ -5,11 +5,13 @@ rounds. Requests go in as JSON lines on stdin; replies come back as JSON lines m
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 
@@ -88,3 +90,20 @@ def serve(marker: str, handle: Any) -> None:
                 reply(handle(msg))
         except Exception as exc:  # the parent raises it with the message
             reply({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def engine_drive() -> ModuleType:
+    """modelserver.engine.drive of the tree this process imported; a tree older than it
+    gets this checkout's copy loaded into its package, so a benchmark drives both trees'
+    engines with the same code (it needs only core's events and Request, and
+    SamplingParams, which every tree compared here has)."""
+    try:
+        from modelserver.engine import drive
+    except ImportError:
+        path = (Path(__file__).resolve().parents[1] / "images" / "server" / "modelserver"
+                / "engine" / "drive.py")
+        spec = importlib.util.spec_from_file_location("modelserver.engine.drive", path)
+        drive = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = drive
+        spec.loader.exec_module(drive)
+    return drive

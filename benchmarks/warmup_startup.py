@@ -14,13 +14,12 @@ import argparse
 import json
 import statistics
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 from modelserver import service as service_module
 from modelserver.config import Settings
-from modelserver.engine.core import Request, TokenEvent
+from modelserver.engine import drive
 from modelserver.engine.sampling import SamplingParams
 from modelserver.metrics import Metrics
 from modelserver.service import ModelService
@@ -30,16 +29,8 @@ MAX_BATCH = 8  # the server's default --max-batch-size
 
 def old_warm_up(svc: ModelService) -> None:
     """The base commit's warm-up: one 2-token generation of "Hello"."""
-    done = threading.Event()
-
-    def emit(e) -> None:
-        if not isinstance(e, TokenEvent):
-            done.set()
-
     ids = svc.loaded.tokenizer("Hello", add_special_tokens=True)["input_ids"]
-    svc.engine.submit(Request(list(ids), SamplingParams(max_new_tokens=2, temperature=0),
-                              emit))
-    assert done.wait(600)
+    drive.submit(svc.engine, ids, SamplingParams(max_new_tokens=2, temperature=0)).wait(600)
 
 
 def new_warm_up(svc: ModelService, cap: int) -> None:

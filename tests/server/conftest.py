@@ -40,6 +40,19 @@ def tiny_model(workdir) -> Path:
     return build(workdir / "tiny-llama", max_positions=32768)
 
 
+@pytest.fixture(scope="module")
+def tiny(tiny_model):
+    """(model, tokenizer) of the tiny random model, fp32, for engines run in process.
+
+    Module scope, as each file had it: a test that patches the model (monkeypatch) or
+    compiles its decode leaves no trace in another file's model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(str(tiny_model))
+
+
 @pytest.fixture(scope="session")
 def smollm_gguf() -> Path:
     import importlib.util

@@ -19,6 +19,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache"
 SERVER_START_TIMEOUT = 480  # generous: CI machines are shared with a Go build
+REQUEST_WAIT = 120  # seconds an in-process engine request of the tiny model may take
 API_KEY = "sk-modelserver-test-0123456789"
 FAIL_MARKER = "@@fail-generation@@"  # in a prompt: fails under FAULTY_LAUNCHER
 STICKY_MARKER = "@@lose-the-device@@"  # in a prompt: breaks the device, ditto

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
+from serverutil import REQUEST_WAIT
 
 pytestmark = pytest.mark.server
 
@@ -15,12 +14,10 @@ PROMPT = "hello world"
 
 # ---- in the engine: token ids, so the effect is exact -------------------------------------
 @pytest.fixture(scope="module")
-def engine(tiny_model):
+def engine(tiny):
     from modelserver.engine.core import Engine
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    model, tok = tiny
     # small prefill chunks: prompt scoring must carry over chunk boundaries
     eng = Engine(model, tok, max_batch_size=2, prefix_cache_entries=4, prefill_chunk=4)
     eng.start()
@@ -29,25 +26,11 @@ def engine(tiny_model):
 
 
 def _run(engine, ids: list[int], **params):
-    from modelserver.engine.core import FinalEvent, Request, TokenEvent
-    from modelserver.engine.sampling import SamplingParams
+    from modelserver.engine import drive
 
-    tokens: list[int] = []
-    final: list = []
-    done = threading.Event()
-
-    def emit(ev) -> None:
-        if isinstance(ev, TokenEvent):
-            tokens.append(ev.id)
-        else:
-            final.append(ev)
-            done.set()
-
-    engine.submit(Request(list(ids), SamplingParams(
-        max_new_tokens=24, temperature=0, ignore_eos=True, **params), emit))
-    assert done.wait(120)
-    assert isinstance(final[0], FinalEvent), final[0]
-    return tokens, final[0]
+    o = drive.submit(engine, ids, drive.greedy(24, **params)).wait(REQUEST_WAIT)
+    assert o.ok, o.end
+    return o.tokens, o.end
 
 
 @pytest.mark.parametrize("penalty", ["frequency_penalty", "presence_penalty"])

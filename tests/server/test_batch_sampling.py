@@ -11,6 +11,7 @@ import pytest
 import torch
 from modelserver.engine import batch_sampling as bs
 from modelserver.engine.sampling import Sampler, SamplingParams
+from serverutil import REQUEST_WAIT
 
 pytestmark = pytest.mark.server
 
@@ -183,20 +184,12 @@ def test_to_host_is_exact() -> None:
 TRANSFERS = ("tolist", "item", "cpu", "numpy", "__int__", "__float__", "__bool__", "__index__")
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(str(tiny_model))
-
-
 def test_engine_copies_tokens_to_the_host_once_per_step(tiny, monkeypatch) -> None:
     """c = 8 mixed requests (greedy, seeded top-p, penalties): every decode step makes
-    exactly one device→host transfer outside the model's forward and the KV compaction
-    when rows leave (kv.select: the cache's own concern, not sampling's)."""
-    from modelserver.engine import kv as kvops
-    from modelserver.engine.core import Engine, ErrorEvent, FinalEvent, Request
+    exactly one device→host transfer outside the model's forward, leaves included (a
+    leaver's hole is refilled by one row moved on the device, Slots.move: no transfer)."""
+    from modelserver.engine import drive
+    from modelserver.engine.core import Engine
 
     model, tok = tiny
     engine = Engine(model, tok, max_batch_size=8, prefix_cache_entries=0)
@@ -235,59 +228,31 @@ def test_engine_copies_tokens_to_the_host_once_per_step(tiny, monkeypatch) -> No
 
     monkeypatch.setattr(engine, "_decode_step", counted_step)
     monkeypatch.setattr(model, "forward", uncounted(forward))
-    monkeypatch.setattr(kvops, "select", uncounted(kvops.select))
     kinds = [SamplingParams(temperature=0), SamplingParams(temperature=0.9, top_p=0.8, seed=3),
              SamplingParams(temperature=0.7, top_k=5, repetition_penalty=1.2,
                             frequency_penalty=0.3)]
-    done = threading.Semaphore(0)
-    errors: list[object] = []
-
-    def emit(ev) -> None:
-        if isinstance(ev, FinalEvent | ErrorEvent):
-            if isinstance(ev, ErrorEvent):
-                errors.append(ev)
-            done.release()
-
     engine.start()
     try:
-        for i in range(8):
-            p = kinds[i % 3]
-            # different lengths: rows leave at different steps (the kept rows' tokens stay
-            # on the device through index_select)
-            params = SamplingParams(**{**p.__dict__, "max_new_tokens": 6 + i, "ignore_eos": True})
-            engine.submit(Request(list(range(5, 12 + i)), params, emit))
-        for _ in range(8):
-            assert done.acquire(timeout=120)
+        # different lengths: rows leave at different steps (the kept rows' tokens stay
+        # on the device through index_select)
+        params = [SamplingParams(**{**kinds[i % 3].__dict__, "max_new_tokens": 6 + i,
+                                    "ignore_eos": True}) for i in range(8)]
+        outs = drive.run_all(engine, [list(range(5, 12 + i)) for i in range(8)], params,
+                             timeout=REQUEST_WAIT)
     finally:
         engine.stop()
-    assert not errors, errors
+    assert drive.first_error(outs) is None, drive.first_error(outs)
     assert len(counts) >= 6
     assert counts == [1] * len(counts), counts
 
 
 def _generate(engine, reqs: list[tuple[list[int], SamplingParams]]) -> list[list[int]]:
-    from modelserver.engine.core import ErrorEvent, FinalEvent, Request, TokenEvent
+    from modelserver.engine import drive
 
-    out: list[list[int]] = [[] for _ in reqs]
-    done = threading.Semaphore(0)
-    errors: list[object] = []
-
-    def emitter(i: int):
-        def emit(ev) -> None:
-            if isinstance(ev, TokenEvent):
-                out[i].append(ev.id)
-            elif isinstance(ev, FinalEvent | ErrorEvent):
-                if isinstance(ev, ErrorEvent):
-                    errors.append(ev)
-                done.release()
-        return emit
-
-    for i, (ids, p) in enumerate(reqs):
-        engine.submit(Request(list(ids), p, emitter(i)))
-    for _ in reqs:
-        assert done.acquire(timeout=120)
-    assert not errors, errors
-    return out
+    outs = drive.run_all(engine, [ids for ids, _ in reqs], [p for _, p in reqs],
+                         timeout=REQUEST_WAIT)
+    assert drive.first_error(outs) is None, drive.first_error(outs)
+    return [o.tokens for o in outs]
 
 
 def test_engine_seeded_rows_give_their_solo_tokens_when_batched(tiny) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import random
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from modelserver.engine import detok
 from modelserver.engine.detok import WINDOW_TOKENS, IncrementalDecoder, new_decoder
 from modelserver.engine.text import StopState
+from serverutil import REQUEST_WAIT
 
 pytestmark = pytest.mark.server
 
@@ -192,51 +192,35 @@ def test_stop_spanning_tokens_with_a_real_tokenizer(tok: Any) -> None:
 
 # ---- through the engine ----------------------------------------------------------------
 
-def _generate(engine: Any, prompt: list[int], n: int, stop: list[str]) -> tuple[list, Any]:
-    from modelserver.engine.core import FinalEvent, Request, TokenEvent
-    from modelserver.engine.sampling import SamplingParams
+def _generate(engine: Any, prompt: list[int], n: int, stop: list[str]) -> Any:
+    from modelserver.engine import drive
 
-    tokens: list[TokenEvent] = []
-    final: list[Any] = []
-    done = threading.Event()
-
-    def emit(ev: Any) -> None:
-        if isinstance(ev, TokenEvent):
-            tokens.append(ev)
-        else:
-            final.append(ev)
-            done.set()
-
-    params = SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True, stop=stop)
-    engine.submit(Request(list(prompt), params, emit))
-    assert done.wait(120)
-    assert isinstance(final[0], FinalEvent), final
-    return tokens, final[0]
+    o = drive.submit(engine, prompt, drive.greedy(n, stop=stop)).wait(REQUEST_WAIT)
+    assert o.ok, o.end
+    return o
 
 
-def test_engine_streams_the_full_decode_and_stops_across_tokens(tiny_model, tiny_tok) -> None:
-    import torch
+def test_engine_streams_the_full_decode_and_stops_across_tokens(tiny, tiny_tok) -> None:
     from modelserver.engine.core import Engine
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
+    model, _ = tiny
     engine = Engine(model, tiny_tok, max_batch_size=2, prefix_cache_entries=0)
     engine.start()
     try:
         prompt = tiny_tok.encode("The quick brown fox", add_special_tokens=False)
-        tokens, final = _generate(engine, prompt, 120, [])
-        ids = [t.id for t in tokens]
+        o = _generate(engine, prompt, 120, [])
+        ids = o.tokens
         full = _full(tiny_tok, ids)
-        assert "".join(t.text for t in tokens) == final.text == full.rstrip("\ufffd")
-        assert final.finish_reason == "length"
+        assert o.text == o.end.text == full.rstrip("\ufffd")
+        assert o.end.finish_reason == "length"
         # a stop string spanning a token boundary, well inside the output
         cut = len(_full(tiny_tok, ids[:40]))
         stop = full[cut - 2:cut + 3]
         assert len(stop.strip()) >= 2
         before = full[:full.find(stop)]
-        tokens, final = _generate(engine, prompt, 120, [stop])
-        assert final.finish_reason == "stop_sequence"
-        assert "".join(t.text for t in tokens) == final.text == before
+        o = _generate(engine, prompt, 120, [stop])
+        assert o.end.finish_reason == "stop_sequence"
+        assert o.text == o.end.text == before
     finally:
         engine.stop()
 

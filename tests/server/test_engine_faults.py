@@ -5,27 +5,20 @@ greedy tokens must equal an unfaulted run's, token for token."""
 
 from __future__ import annotations
 
-import threading
 import time
-from dataclasses import dataclass, field
 
 import pytest
 import torch
-from modelserver.engine.core import Engine, ErrorEvent, FinalEvent, Request, TokenEvent
-from modelserver.engine.sampling import SamplingParams
+from modelserver.engine import drive
+from modelserver.engine.core import Engine, ErrorEvent, FinalEvent
+from modelserver.engine.drive import Outcome
 from modelserver.service import WARMUP_CPU_PREFILL_TOKENS
+from serverutil import REQUEST_WAIT
 
 pytestmark = pytest.mark.server
 
 MAX_NEW = 12
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(str(tiny_model))
+GREEDY = drive.greedy(MAX_NEW)  # the engine never writes a request's params: shared
 
 
 def _prompts(n: int, long_one: int | None = None) -> list[list[int]]:
@@ -34,50 +27,6 @@ def _prompts(n: int, long_one: int | None = None) -> list[list[int]]:
     if long_one is not None:  # holds the most KV of all
         out[long_one] = torch.randint(5, 500, (70,), generator=g).tolist()
     return out
-
-
-def test_rollback_puts_every_layer_back_in_place():
-    from modelserver.engine import kv as kvops
-
-    g = torch.Generator().manual_seed(0)
-    kv = [(torch.randn(2, 2, 5, 4, generator=g), torch.randn(2, 2, 5, 4, generator=g))
-          for _ in range(3)]
-    cache = kvops.from_tensors(kv, capacity=64)
-    buffers = [layer._kbuf.data_ptr() for layer in cache.layers]
-    for li in range(2):  # a forward that failed after two of three layers wrote a column
-        cache.update(torch.ones(2, 2, 1, 4), torch.ones(2, 2, 1, 4), li)
-    cache.rollback(5)
-    assert [layer.keys.shape[-2] for layer in cache.layers] == [5, 5, 5]
-    for li in range(3):
-        k, v = cache.update(torch.full((2, 2, 1, 4), 7.0), torch.full((2, 2, 1, 4), 7.0), li)
-        assert torch.equal(k[..., :5, :], kv[li][0]) and torch.equal(v[..., :5, :], kv[li][1])
-        assert bool((k[..., 5, :] == 7).all()) and k.shape[-2] == 6
-    assert [layer._kbuf.data_ptr() for layer in cache.layers] == buffers  # no copy
-
-
-@dataclass
-class Outcome:
-    tokens: list[int] = field(default_factory=list)
-    end: FinalEvent | ErrorEvent | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-
-    def emit(self, ev) -> None:
-        if isinstance(ev, TokenEvent):
-            self.tokens.append(ev.id)
-        else:
-            self.end = ev
-            self.done.set()
-
-    def wait(self) -> Outcome:
-        assert self.done.wait(120), "request never ended"
-        return self
-
-
-def _submit(engine: Engine, prompt: list[int], max_new: int = MAX_NEW) -> Outcome:
-    o = Outcome()
-    engine.submit(Request(list(prompt), SamplingParams(
-        max_new_tokens=max_new, temperature=0, ignore_eos=True), o.emit))
-    return o
 
 
 def _engine(tiny, **kw) -> Engine:
@@ -92,15 +41,15 @@ def _reference(tiny, prompts: list[list[int]], max_new: int = MAX_NEW,
                **kw) -> list[list[int]]:
     e = _engine(tiny, **kw)
     try:
-        outs = [_submit(e, p, max_new) for p in prompts]
-        return [o.wait().tokens for o in outs]
+        outs = drive.run_all(e, prompts, drive.greedy(max_new), REQUEST_WAIT)
+        return [o.tokens for o in outs]
     finally:
         e.stop()
 
 
 def _check(outs: list[Outcome], ref: list[list[int]], failed: set[int], kind: str) -> None:
     for i, o in enumerate(outs):
-        o.wait()
+        o.wait(REQUEST_WAIT)
         if i in failed:
             assert isinstance(o.end, ErrorEvent), (i, o.end)
             assert kind in o.end.message, o.end.message
@@ -133,7 +82,7 @@ def test_oom_in_decode_fails_only_the_request_that_made_the_batch_too_large(tiny
     engine._forward_rows = forward
     hook = engine.model.model.layers[1].register_forward_pre_hook(second_layer)
     try:
-        outs = [_submit(engine, p) for p in prompts]  # 8 in the batch, 4 queued
+        outs = [drive.submit(engine, p, GREEDY) for p in prompts]  # 8 in the batch, 4 queued
         _check(outs, ref, {5}, "OutOfMemoryError")
     finally:
         hook.remove()
@@ -156,7 +105,7 @@ def test_error_in_one_prefill_fails_only_that_request(tiny):
 
     engine._prefill = prefill
     try:
-        outs = [_submit(engine, p) for p in prompts]
+        outs = [drive.submit(engine, p, GREEDY) for p in prompts]
         _check(outs, ref, {2}, "injected prefill failure")
     finally:
         engine.stop()
@@ -171,10 +120,10 @@ def _interleaved(tiny, engine: Engine) -> tuple[list[Outcome], list[list[int]]]:
     outcomes (the long one last) and an unfaulted run's tokens."""
     prompts = _prompts(4) + [_prompts(1, long_one=0)[0][:LONG]]
     ref = _reference(tiny, prompts, DECODE, prefill_chunk=8)
-    outs = [_submit(engine, p, DECODE) for p in prompts[:4]]
+    outs = [drive.submit(engine, p, drive.greedy(DECODE)) for p in prompts[:4]]
     while not all(o.tokens for o in outs):  # they are decoding before the long one comes
         time.sleep(0.01)
-    outs.append(_submit(engine, prompts[4], DECODE))
+    outs.append(drive.submit(engine, prompts[4], drive.greedy(DECODE)))
     return outs, ref
 
 
@@ -245,7 +194,7 @@ def test_error_in_one_rows_sampling_fails_only_that_row(tiny, culprit):
     try:
         outs = []
         for p in prompts:  # in order: row i of the batch is request i
-            outs.append(_submit(engine, p))
+            outs.append(drive.submit(engine, p, GREEDY))
             deadline = time.monotonic() + 120
             while not outs[-1].tokens and not outs[-1].done.is_set():
                 assert time.monotonic() < deadline, "no first token"
@@ -277,15 +226,15 @@ def test_sticky_device_error_breaks_the_engine(tiny, how):
     if how == "probe-fails":
         engine._probe_device = probe
     try:
-        outs = [_submit(engine, p) for p in prompts]
+        outs = [drive.submit(engine, p, GREEDY) for p in prompts]
         for o in outs:
-            o.wait()
+            o.wait(REQUEST_WAIT)
             assert isinstance(o.end, ErrorEvent) and o.end.kind == "unavailable", o.end
             assert "engine broken" in o.end.message
         reason = engine.broken
         assert reason and ("illegal memory access" in reason if how == "fatal-cuda-error"
                            else "device probe failed" in reason and "unusable" in reason)
-        late = _submit(engine, prompts[0]).wait()
+        late = drive.submit(engine, prompts[0], GREEDY).wait(REQUEST_WAIT)
         assert isinstance(late.end, ErrorEvent) and late.end.kind == "unavailable"
         assert reason in late.end.message
     finally:
@@ -308,7 +257,7 @@ def test_a_non_sticky_error_leaves_the_engine_serving(tiny):
     engine._probe_device = lambda: probes.append(1)
     engine._forward_rows = forward
     try:
-        outs = [_submit(engine, p) for p in prompts]
+        outs = [drive.submit(engine, p, GREEDY) for p in prompts]
         _check(outs, ref, {1}, "injected")
     finally:
         engine.stop()

@@ -3,11 +3,10 @@ engine itself: batched greedy equals solo greedy when requests join and leave mi
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 from modelserver.engine import kv as kvops
+from serverutil import REQUEST_WAIT
 
 pytestmark = pytest.mark.server
 
@@ -17,10 +16,6 @@ H, D = 2, 4
 def _rand(b: int, t: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(b, H, t, D, generator=g)
-
-
-def _left_pad(t: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.cat([t.new_zeros(*t.shape[:-2], n, t.shape[-1]), t], dim=-2)
 
 
 def test_slab_layer_appends_in_place_and_grows_geometrically():
@@ -62,50 +57,6 @@ def test_from_tensors_copies_and_never_writes_the_source():
     assert cache.layers[0].capacity == 16
 
 
-def test_merge_many_equals_pad_and_cat():
-    parts = []
-    for i, (b, t) in enumerate([(2, 7), (1, 12), (3, 4)]):
-        kv = [(_rand(b, t, 10 * i + layer), _rand(b, t, 10 * i + layer + 5))
-              for layer in range(2)]
-        mask = torch.ones(b, t, dtype=torch.long)
-        mask[0, : i] = 0  # some rows already carry left padding
-        parts.append((kv, mask))
-    cache, mask = kvops.merge_many(parts, capacity=0)
-    t = 12
-    for layer in range(2):
-        ref_k = torch.cat([_left_pad(kv[layer][0], t - kv[layer][0].shape[-2])
-                           for kv, _ in parts])
-        ref_v = torch.cat([_left_pad(kv[layer][1], t - kv[layer][1].shape[-2])
-                           for kv, _ in parts])
-        assert torch.equal(cache.layers[layer].keys, ref_k)
-        assert torch.equal(cache.layers[layer].values, ref_v)
-        assert cache.layers[layer].capacity > t  # room for the next step without a copy
-    ref_mask = torch.cat([torch.cat([m.new_zeros(m.shape[0], t - m.shape[1]), m], 1)
-                          for _, m in parts])
-    assert torch.equal(mask, ref_mask)
-
-
-def test_select_keeps_rows_and_trims_common_padding():
-    k, v = _rand(3, 10, 0), _rand(3, 10, 1)
-    mask = torch.ones(3, 10, dtype=torch.long)
-    mask[0, :6] = 0
-    mask[2, :3] = 0
-    cache, m = kvops.select([(k, v)], mask, [0, 2], capacity=64)
-    assert torch.equal(m, mask[[0, 2], 3:])
-    assert torch.equal(cache.layers[0].keys, k[[0, 2], :, 3:])
-    assert torch.equal(cache.layers[0].values, v[[0, 2], :, 3:])
-    assert cache.layers[0].capacity == 64
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(str(tiny_model))
-    return model, tok
-
-
 @torch.no_grad()
 def test_model_decode_through_slab_cache_equals_dynamic_cache(tiny):
     from transformers import DynamicCache
@@ -126,29 +77,13 @@ def test_model_decode_through_slab_cache_equals_dynamic_cache(tiny):
 
 
 def _run(engine, prompts: list[list[int]], n: int, stagger: bool = False) -> list[list[int]]:
-    from modelserver.engine.core import ErrorEvent, FinalEvent, Request, TokenEvent
-    from modelserver.engine.sampling import SamplingParams
+    from modelserver.engine import drive
 
-    results: list[list[int]] = [[] for _ in prompts]
-    done = threading.Semaphore(0)
-
-    def emitter(i: int):
-        def emit(ev) -> None:
-            if isinstance(ev, TokenEvent):
-                results[i].append(ev.id)
-            elif isinstance(ev, FinalEvent | ErrorEvent):
-                assert isinstance(ev, FinalEvent), ev
-                done.release()
-        return emit
-
-    for i, p in enumerate(prompts):
-        # staggered lengths: rows finish at different steps and others join mid-run
-        max_new = n + (7 * i) % 13 if stagger else n
-        engine.submit(Request(list(p), SamplingParams(max_new_tokens=max_new, temperature=0,
-                                                       ignore_eos=True), emitter(i)))
-    for _ in prompts:
-        assert done.acquire(timeout=120)
-    return results
+    # staggered lengths: rows finish at different steps and others join mid-run
+    params = [drive.greedy(n + (7 * i) % 13 if stagger else n) for i in range(len(prompts))]
+    outs = drive.run_all(engine, prompts, params, timeout=REQUEST_WAIT)
+    assert all(o.ok for o in outs), [o.end for o in outs]
+    return [o.tokens for o in outs]
 
 
 def test_engine_batched_greedy_equals_solo(tiny):

@@ -8,47 +8,19 @@ from __future__ import annotations
 import gc
 import threading
 import weakref
-from dataclasses import dataclass, field
 
 import pytest
 import torch
-from modelserver.engine.core import Engine, ErrorEvent, FinalEvent, Request, TokenEvent
-from modelserver.engine.sampling import SamplingParams
+from modelserver.engine import drive
+from modelserver.engine.core import Engine, ErrorEvent, FinalEvent, TokenEvent
+from modelserver.engine.drive import Outcome
+from serverutil import REQUEST_WAIT
 
 pytestmark = pytest.mark.server
 
 BUDGET = 32       # prompt tokens per iteration in these tests
 CHUNK = 16        # the memory bound of one prefill forward: a long prompt runs in pieces
 BURST_PROMPT = 160
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(str(tiny_model))
-
-
-@dataclass
-class Outcome:
-    tokens: list[int] = field(default_factory=list)
-    end: FinalEvent | ErrorEvent | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-    on_token: list = field(default_factory=list)  # callbacks run on the engine thread
-
-    def emit(self, ev) -> None:
-        if isinstance(ev, TokenEvent):
-            self.tokens.append(ev.id)
-            for f in self.on_token:
-                f(self)
-        else:
-            self.end = ev
-            self.done.set()
-
-    def wait(self) -> Outcome:
-        assert self.done.wait(120), "request never ended"
-        return self
 
 
 def _engine(tiny, **kw) -> Engine:
@@ -60,9 +32,11 @@ def _engine(tiny, **kw) -> Engine:
     return e
 
 
-def _request(prompt: list[int], max_new: int, o: Outcome, **params) -> Request:
-    return Request(list(prompt), SamplingParams(
-        max_new_tokens=max_new, temperature=0, ignore_eos=True, **params), o.emit)
+def _submit(engine: Engine, prompt: list[int], max_new: int, on_token=None,
+            **params) -> Outcome:
+    """A greedy request; `on_token(outcome)` runs on the engine thread at each token."""
+    hook = on_token and (lambda o, ev: isinstance(ev, TokenEvent) and on_token(o))
+    return drive.submit(engine, prompt, drive.greedy(max_new, **params), hook)
 
 
 def _prompts(n: int, length: int, seed: int = 3, prefix: list[int] | None = None,
@@ -76,12 +50,7 @@ def _solo(tiny, prompts: list[list[int]], max_new: int, **params) -> list[Outcom
     """Each prompt alone, prefilled in one forward: the reference."""
     e = _engine(tiny, max_batch_size=1, max_prefill_tokens_per_step=100_000)
     try:
-        outs = []
-        for p in prompts:
-            outs.append(Outcome())
-            e.submit(_request(p, max_new, outs[-1], **params))
-            outs[-1].wait()
-        return outs
+        return [_submit(e, p, max_new, **params).wait(REQUEST_WAIT) for p in prompts]
     finally:
         e.stop()
 
@@ -90,8 +59,7 @@ def _stream_tokens_during_burst(tiny, k: int, **engine_kw) -> int:
     """One stream decodes; a burst of k long prompts arrives. Returns how many tokens the
     stream received between the first and the last burst request's first token."""
     engine = _engine(tiny, prefill_chunk=CHUNK, **engine_kw)
-    stream, started = Outcome(), threading.Event()
-    stream.on_token.append(lambda o: len(o.tokens) == 3 and started.set())
+    started = threading.Event()
     seen: list[int] = []  # the stream's token count at each burst first token
 
     def first(o: Outcome) -> None:
@@ -99,16 +67,14 @@ def _stream_tokens_during_burst(tiny, k: int, **engine_kw) -> int:
             seen.append(len(stream.tokens))
 
     try:
-        stream_req = _request(_prompts(1, 8, seed=1)[0], 100_000, stream)
-        engine.submit(stream_req)
+        stream = _submit(engine, _prompts(1, 8, seed=1)[0], 100_000,
+                         lambda o: len(o.tokens) == 3 and started.set())
         assert started.wait(60), "the stream never started"
-        burst = [Outcome(on_token=[first]) for _ in range(k)]
-        for p, o in zip(_prompts(k, BURST_PROMPT), burst, strict=True):
-            engine.submit(_request(p, 4, o))
+        burst = [_submit(engine, p, 4, first) for p in _prompts(k, BURST_PROMPT)]
         for o in burst:
-            assert isinstance(o.wait().end, FinalEvent), o.end
-        stream_req.cancel()
-        stream.wait()
+            assert isinstance(o.wait(REQUEST_WAIT).end, FinalEvent), o.end
+        stream.request.cancel()
+        stream.wait(REQUEST_WAIT)
     finally:
         engine.stop()
     assert len(seen) == k
@@ -143,18 +109,14 @@ def test_burst_outputs_equal_solo_greedy_with_prefix_reuse_and_prompt_logprobs(t
     engine = _engine(tiny, prefill_chunk=CHUNK, max_prefill_tokens_per_step=BUDGET,
                      prefix_cache_entries=4)
     try:
-        running = Outcome()
-        engine.submit(_request(prompts[-1], 30, running))
-        outs = [Outcome() for _ in prompts]
-        scored = Outcome()
-        engine.submit(_request(prompts[0], max_new, scored, prompt_logprobs=True))
-        for p, o in zip(prompts, outs, strict=True):
-            engine.submit(_request(p, max_new, o))
+        running = _submit(engine, prompts[-1], 30)
+        scored = _submit(engine, prompts[0], max_new, prompt_logprobs=True)
+        outs = [_submit(engine, p, max_new) for p in prompts]
         for i, o in enumerate(outs):
-            assert isinstance(o.wait().end, FinalEvent), (i, o.end)
+            assert isinstance(o.wait(REQUEST_WAIT).end, FinalEvent), (i, o.end)
             assert o.tokens == ref[i].tokens, f"request {i} differs from its solo run"
-        assert running.wait().tokens[:max_new] == ref[-1].tokens
-        assert scored.wait().tokens == scored_ref.tokens
+        assert running.wait(REQUEST_WAIT).tokens[:max_new] == ref[-1].tokens
+        assert scored.wait(REQUEST_WAIT).tokens == scored_ref.tokens
     finally:
         engine.stop()
     assert len(scored.end.prompt_logprobs) == len(prompts[0])
@@ -188,11 +150,10 @@ def test_a_request_cancelled_mid_prefill_leaves_and_frees_its_cache(tiny, how):
 
     engine._prefill = prefill
     try:
-        victim, after = Outcome(), Outcome()
-        engine.submit(_request(victim_prompt, 6, victim))
-        engine.submit(_request(after_prompt, 6, after))
-        victim.wait()
-        assert after.wait().tokens == ref.tokens
+        victim = _submit(engine, victim_prompt, 6)
+        after = _submit(engine, after_prompt, 6)
+        victim.wait(REQUEST_WAIT)
+        assert after.wait(REQUEST_WAIT).tokens == ref.tokens
     finally:
         engine.stop()
     assert isinstance(victim.end, ErrorEvent), victim.end
@@ -234,16 +195,12 @@ def test_an_error_in_one_prefilling_request_fails_only_it(tiny):
 
     engine.model = FailingModel()
     try:
-        stream = Outcome()
         started = threading.Event()
-        stream.on_token.append(lambda o: started.set())
-        engine.submit(_request(stream_prompt, 12, stream))
+        stream = _submit(engine, stream_prompt, 12, lambda o: started.set())
         assert started.wait(60)
-        outs = [Outcome() for _ in burst]
-        for p, o in zip(burst, outs, strict=True):
-            engine.submit(_request(p, 12, o))
+        outs = [_submit(engine, p, 12) for p in burst]
         for i, o in enumerate([stream, *outs]):
-            o.wait()
+            o.wait(REQUEST_WAIT)
             if i == 3:  # burst[2]
                 assert isinstance(o.end, ErrorEvent), o.end
                 assert "injected prefill failure" in o.end.message

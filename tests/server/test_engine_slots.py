@@ -10,19 +10,12 @@ import pytest
 import torch
 from modelserver.config import ConfigError, Settings
 from modelserver.engine import budget as kvbudget
-from modelserver.engine.core import Engine, ErrorEvent, FinalEvent, Request, TokenEvent
-from modelserver.engine.sampling import SamplingParams
+from modelserver.engine import drive
+from modelserver.engine.core import Engine
 from modelserver.engine.slots import Slots, bucket, decode_mask
+from serverutil import REQUEST_WAIT
 
 pytestmark = pytest.mark.server
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(str(tiny_model))
 
 
 def _kv(length: int, seed: int, layers: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -85,26 +78,9 @@ def test_right_padded_rows_decode_as_they_do_alone(tiny):
 
 
 def _run(engine: Engine, prompts: list[list[int]], max_new: list[int]) -> list[list[int]]:
-    outs: list[list[int]] = [[] for _ in prompts]
-    ends: list[object] = [None] * len(prompts)
-    done = threading.Semaphore(0)
-
-    def emitter(i: int):
-        def emit(ev) -> None:
-            if isinstance(ev, TokenEvent):
-                outs[i].append(ev.id)
-            elif isinstance(ev, FinalEvent | ErrorEvent):
-                ends[i] = ev
-                done.release()
-        return emit
-
-    for i, (p, n) in enumerate(zip(prompts, max_new, strict=True)):
-        engine.submit(Request(list(p), SamplingParams(max_new_tokens=n, temperature=0,
-                                                       ignore_eos=True), emitter(i)))
-    for _ in prompts:
-        assert done.acquire(timeout=600)
-    assert all(isinstance(e, FinalEvent) for e in ends), ends
-    return outs
+    outs = drive.run_all(engine, prompts, [drive.greedy(n) for n in max_new], timeout=600)
+    assert all(o.ok for o in outs), [o.end for o in outs]
+    return [o.tokens for o in outs]
 
 
 def test_joins_and_leaves_in_a_running_batch_never_copy_the_batch(tiny, monkeypatch):
@@ -125,23 +101,16 @@ def test_joins_and_leaves_in_a_running_batch_never_copy_the_batch(tiny, monkeypa
     engine = Engine(model, tok, max_batch_size=4, prefix_cache_entries=0, kv_budget=budget)
     engine.start()
     g = torch.Generator().manual_seed(4)
-    long_done, first = threading.Event(), threading.Event()
-
-    def long_emit(ev) -> None:
-        first.set()
-        if isinstance(ev, FinalEvent | ErrorEvent):
-            long_done.set()
-
+    first = threading.Event()
     try:
-        engine.submit(Request(torch.randint(5, 500, (10,), generator=g).tolist(),
-                              SamplingParams(max_new_tokens=150, temperature=0,
-                                             ignore_eos=True), long_emit))
+        long = drive.submit(engine, torch.randint(5, 500, (10,), generator=g).tolist(),
+                            drive.greedy(150), lambda o, ev: first.set())
         assert first.wait(60)
         shorts = [torch.randint(5, 500, (int(n),), generator=g).tolist()
                   for n in torch.randint(3, 30, (8,), generator=g)]
         _run(engine, shorts, [3 + i for i in range(8)])
-        assert not long_done.is_set(), "the long request must outlive the short ones"
-        assert long_done.wait(120)
+        assert not long.done.is_set(), "the long request must outlive the short ones"
+        long.wait(REQUEST_WAIT)
     finally:
         engine.stop()
     assert engine.stats.max_step_rows == 4

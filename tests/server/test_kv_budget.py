@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import re
-import threading
 
 import pytest
 import torch
@@ -15,21 +14,12 @@ from modelserver.config import ConfigError, settings_from_args
 from modelserver.engine import budget as kvbudget
 from modelserver.engine import kv as kvops
 from modelserver.engine.prefix import PrefixCache, kv_bytes
-from serverutil import start_server
+from serverutil import REQUEST_WAIT, start_server
 
 pytestmark = pytest.mark.server
 
 # the tiny model (tinymodel.py): 2 layers × 2 KV heads × head dim 16 × 2 (K, V) × 4 bytes
 TINY_BYTES_PER_TOKEN = 2 * 2 * 2 * 16 * 4
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(str(tiny_model))
-    return model, tok
 
 
 # ---- arithmetic --------------------------------------------------------------------
@@ -60,14 +50,10 @@ def test_max_new_tokens_alone_is_the_fits_alone_boundary():
         assert not b.fits_alone(prompt, most + 1)
 
 
-def test_capacity_never_exceeds_the_reserved_width():
-    assert kvops.capacity_for(100, 0) == 192            # no budget: geometric headroom
-    assert kvops.capacity_for(100, 0, limit=128) == 128
-    assert kvops.capacity_for(129, 128, limit=128) == 192  # outgrown: aligned, not doubled
-    layer = kvops.SlabLayer(capacity=0, limit=128)
-    for _ in range(120):
-        layer.update(torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 1, 4))
-    assert layer.capacity == 128
+def test_capacity_keeps_what_fits_and_grows_geometrically():
+    assert kvops.capacity_for(100, 0) == 192            # headroom: the next steps fit
+    assert kvops.capacity_for(100, 192) == 192          # fits: no regrowth
+    assert kvops.capacity_for(193, 192) == 384          # outgrown: doubled, aligned
 
 
 def test_sizes_parse_and_bad_ones_name_the_flag():
@@ -128,36 +114,22 @@ def test_a_view_of_a_larger_slab_counts_as_the_whole_slab():
 
 
 # ---- the engine under a budget -------------------------------------------------------
-def _run(engine, prompts: list[list[int]], max_new: int, timeout: float = 120):
+def _run(engine, prompts: list[list[int]], max_new: int,
+         timeout: float = REQUEST_WAIT):
     """Submit all, wait for all; the events, and the largest allocations seen."""
-    from modelserver.engine.core import ErrorEvent, FinalEvent, Request, TokenEvent
-    from modelserver.engine.sampling import SamplingParams
+    from modelserver.engine import drive
 
-    finals: list = [None] * len(prompts)
-    tokens: list[list[int]] = [[] for _ in prompts]
     peak = {"batch": 0, "prefix": 0, "rows": 0, "both": 0}
-    done = threading.Semaphore(0)
 
-    def emitter(i: int):
-        def emit(ev) -> None:  # runs on the engine thread, between copies
-            batch, prefix = engine.kv_bytes()
-            peak["batch"] = max(peak["batch"], batch)
-            peak["prefix"] = max(peak["prefix"], prefix)
-            peak["both"] = max(peak["both"], batch + prefix)
-            peak["rows"] = max(peak["rows"], engine.stats.batch_size)
-            if isinstance(ev, TokenEvent):
-                tokens[i].append(ev.id)
-            elif isinstance(ev, FinalEvent | ErrorEvent):
-                finals[i] = ev
-                done.release()
-        return emit
+    def observe(o, ev) -> None:  # runs on the engine thread, between copies
+        batch, prefix = engine.kv_bytes()
+        peak["batch"] = max(peak["batch"], batch)
+        peak["prefix"] = max(peak["prefix"], prefix)
+        peak["both"] = max(peak["both"], batch + prefix)
+        peak["rows"] = max(peak["rows"], engine.stats.batch_size)
 
-    for i, p in enumerate(prompts):
-        engine.submit(Request(list(p), SamplingParams(max_new_tokens=max_new, temperature=0,
-                                                       ignore_eos=True), emitter(i)))
-    for _ in prompts:
-        assert done.acquire(timeout=timeout)
-    return finals, tokens, peak
+    outs = drive.run_all(engine, prompts, drive.greedy(max_new), timeout, observe)
+    return [o.end for o in outs], [o.tokens for o in outs], peak
 
 
 def _prompts(n: int, length: int, seed: int) -> list[list[int]]:

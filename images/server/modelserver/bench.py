@@ -9,31 +9,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
 import time
 
 import psutil
 import torch
 
-from .engine.core import Engine, Event, Request, TokenEvent
-from .engine.sampling import SamplingParams
+from .engine import drive
+from .engine.core import Engine
 from .fetch import resolve
 from .loading import load
 
 
 def _run(engine: Engine, prompts: list[list[int]], tokens: int) -> float:
-    done = threading.Semaphore(0)
-
-    def emit(e: Event) -> None:
-        if not isinstance(e, TokenEvent):
-            done.release()
-
+    """Seconds for `prompts` to generate `tokens` each, all submitted at once."""
     t0 = time.perf_counter()
-    for ids in prompts:
-        engine.submit(Request(ids, SamplingParams(max_new_tokens=tokens, temperature=0,
-                                                  ignore_eos=True), emit))
-    for _ in prompts:
-        done.acquire()
+    drive.run_all(engine, prompts, drive.greedy(tokens))
     return time.perf_counter() - t0
 
 

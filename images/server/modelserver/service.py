@@ -15,6 +15,7 @@ from starlette.requests import Request as HTTPRequest
 from . import fetch, loading
 from .config import Settings
 from .engine import budget as kvbudget
+from .engine import drive
 from .engine.core import Engine, ErrorEvent, Event, FinalEvent, Request, TokenEvent
 from .engine.sampling import SamplingParams
 from .errors import (
@@ -139,21 +140,13 @@ class ModelService:
                                          f"{self.max_input_tokens})")
 
     def _warm_run(self, prompts: list[list[int]], max_new: int, shape: str) -> None:
-        done = threading.Semaphore(0)
-        ends: list[Event] = []
-
-        def emit(e: Event) -> None:
-            if not isinstance(e, TokenEvent):
-                ends.append(e)
-                done.release()
-
-        for p in prompts:
-            self.engine.submit(Request(p, SamplingParams(
-                max_new_tokens=max_new, temperature=0, ignore_eos=True), emit))
-        for _ in prompts:
-            if not done.acquire(timeout=WARMUP_TIMEOUT):
-                raise RuntimeError(f"warm-up of {shape} did not finish in {WARMUP_TIMEOUT}s")
-        errors = [e.message for e in ends if isinstance(e, ErrorEvent)]
+        try:
+            outs = drive.run_all(self.engine, prompts, drive.greedy(max_new),
+                                 timeout=WARMUP_TIMEOUT)
+        except TimeoutError:
+            raise RuntimeError(
+                f"warm-up of {shape} did not finish in {WARMUP_TIMEOUT}s") from None
+        errors = [o.error for o in outs if o.error is not None]
         if errors:
             hint = " (out of memory: lower it)" if any(
                 "out of memory" in m.lower() or "OutOfMemory" in m for m in errors) else ""

@@ -1,21 +1,16 @@
-"""KV-cache storage for prefill, and left-padded batch surgery.
+"""KV-cache storage for prefill, and the capacity arithmetic of KV buffers.
 
 A request prefills alone into a `SlabCache` (below); its KV then joins the running batch,
 which lives in slots.py (a row per request, right padded: joins and leaves copy one row).
-`merge_many` / `select` stack and cut left-padded batches (a join or leave copying the
-whole batch): the engine's batch used them until slots.py; kept for a batched prefill.
 
 Storage: transformers' DynamicCache grows by `torch.cat` on every forward, i.e. it copies
 the whole cache of every layer once per decoded token; at 16 rows × 300 positions that was
 a third of a CPU decode step. `SlabCache` is a DynamicCache whose layers write new
 positions in place into a buffer with spare capacity (grown geometrically) and hand the
-model views of the filled part, so a forward writes only its new positions. `limit`: a
-capacity never exceeded with geometric headroom (a width a KV budget reserved).
+model views of the filled part, so a forward writes only its new positions.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 from transformers import DynamicCache
@@ -35,14 +30,8 @@ def align_down(n: int) -> int:
     return n // _ALIGN * _ALIGN
 
 
-def capacity_for(length: int, current: int = 0, limit: int = 0) -> int:
-    """Capacity for `length` positions: keep `current` if it fits, else grow geometrically.
-
-    With `limit` (the width the KV budget's admission reserved for the batch, budget.py):
-    exactly that, never geometric headroom beyond it; rows never outgrow it, so the slab is
-    allocated once per join/leave and never regrown in between."""
-    if limit:
-        return align(max(length, limit))
+def capacity_for(length: int, current: int = 0) -> int:
+    """Capacity for `length` positions: keep `current` if it fits, else grow geometrically."""
     if current >= length:
         return current
     return align(max(length, 2 * current, length + _ALIGN))
@@ -55,25 +44,22 @@ class SlabLayer(DynamicLayer):
     filled part: O(new tokens) per step instead of DynamicLayer's O(whole cache) cat.
     """
 
-    def __init__(self, capacity: int = 0, limit: int = 0) -> None:
+    def __init__(self, capacity: int = 0) -> None:
         super().__init__()
         self.capacity_hint = capacity
-        self.limit = limit  # capacity_for's limit: the width admission reserved, 0: none
         self._kbuf: torch.Tensor | None = None
         self._vbuf: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, keys: torch.Tensor, values: torch.Tensor, capacity: int = 0,
-           limit: int = 0) -> SlabLayer:
-        layer = cls(capacity, limit)
-        layer._adopt(keys, values, capacity_for(keys.shape[-2], capacity, limit))
+    def of(cls, keys: torch.Tensor, values: torch.Tensor, capacity: int = 0) -> SlabLayer:
+        layer = cls(capacity)
+        layer._adopt(keys, values, capacity_for(keys.shape[-2], capacity))
         return layer
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         empty_k = key_states[..., :0, :]
         empty_v = value_states[..., :0, :]
-        self._adopt(empty_k, empty_v,
-                    capacity_for(key_states.shape[-2], self.capacity_hint, self.limit))
+        self._adopt(empty_k, empty_v, capacity_for(key_states.shape[-2], self.capacity_hint))
 
     def _adopt(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
         """Copy `keys`/`values` into fresh buffers of `capacity` positions."""
@@ -105,7 +91,7 @@ class SlabLayer(DynamicLayer):
         n = self.keys.shape[-2]
         end = n + key_states.shape[-2]
         if not self._owned() or end > self._kbuf.shape[-2]:
-            self._adopt(self.keys, self.values, capacity_for(end, self.capacity, self.limit))
+            self._adopt(self.keys, self.values, capacity_for(end, self.capacity))
         self._kbuf[..., n:end, :].copy_(key_states)
         self._vbuf[..., n:end, :].copy_(value_states)
         self.keys = self._kbuf[..., :end, :]
@@ -120,25 +106,15 @@ class SlabLayer(DynamicLayer):
 class SlabCache(DynamicCache):
     """A DynamicCache (so models accept it as their own) made of `SlabLayer`s."""
 
-    def __init__(self, kv: KV | None = None, capacity: int = 0, limit: int = 0) -> None:
+    def __init__(self, kv: KV | None = None, capacity: int = 0) -> None:
         if kv:
-            Cache.__init__(self, layers=[SlabLayer.of(k, v, capacity, limit) for k, v in kv])
+            Cache.__init__(self, layers=[SlabLayer.of(k, v, capacity) for k, v in kv])
         else:
-            Cache.__init__(self, layer_class_to_replicate=lambda: SlabLayer(capacity, limit))
+            Cache.__init__(self, layer_class_to_replicate=lambda: SlabLayer(capacity))
 
     def tensors(self) -> KV:
         """Per-layer (keys, values) views of the filled part (no copy)."""
         return [(layer.keys, layer.values) for layer in self.layers]
-
-    def rollback(self, length: int) -> None:
-        """Forget every position from `length` on, in every layer, in place (no copy).
-
-        A forward that fails half-way has written its new column into some layers and not
-        others; this puts all of them back to the length before that step."""
-        for layer in self.layers:
-            if layer.is_initialized and layer.keys.shape[-2] > length:
-                layer.keys = layer.keys[..., :length, :]
-                layer.values = layer.values[..., :length, :]
 
 
 def from_tensors(kv: KV, capacity: int = 0) -> SlabCache:
@@ -148,61 +124,3 @@ def from_tensors(kv: KV, capacity: int = 0) -> SlabCache:
 
 def crop(kv: KV, length: int) -> KV:
     return [(k[..., :length, :], v[..., :length, :]) for k, v in kv]
-
-
-def merge_many(
-    parts: Sequence[tuple[KV, torch.Tensor]], capacity: int = 0, limit: int = 0
-) -> tuple[SlabCache, torch.Tensor]:
-    """Stack left-padded batches (kv, 2-D mask) row-wise into one new SlabCache.
-
-    One copy of everything, whatever the number of parts: requests that were prefilled
-    together join the running batch together.
-    """
-    t = max(mask.shape[1] for _, mask in parts)
-    rows = sum(mask.shape[0] for _, mask in parts)
-    cap = capacity_for(t + 1, capacity, limit)  # room for at least the next decode step
-    first_mask = parts[0][1]
-    mask = first_mask.new_zeros(rows, t)
-    n_layers = len(parts[0][0])
-    layers: list[SlabLayer] = []
-    for li in range(n_layers):
-        k0, v0 = parts[0][0][li]
-        kbuf = k0.new_zeros(rows, k0.shape[1], cap, k0.shape[-1])
-        vbuf = v0.new_zeros(rows, v0.shape[1], cap, v0.shape[-1])
-        r = 0
-        for kv, m in parts:
-            k, v = kv[li]
-            b, tb = m.shape
-            kbuf[r:r + b, :, t - tb:t].copy_(k)
-            vbuf[r:r + b, :, t - tb:t].copy_(v)
-            r += b
-        layer = SlabLayer(cap, limit)
-        layer.device, layer.dtype = k0.device, k0.dtype
-        layer._kbuf, layer._vbuf = kbuf, vbuf
-        layer.keys, layer.values = kbuf[..., :t, :], vbuf[..., :t, :]
-        layer.is_initialized = True
-        layers.append(layer)
-    r = 0
-    for _, m in parts:
-        b, tb = m.shape
-        mask[r:r + b, t - tb:] = m
-        r += b
-    cache = SlabCache.__new__(SlabCache)
-    Cache.__init__(cache, layers=layers)
-    return cache, mask
-
-
-def select(kv: KV, mask: torch.Tensor, rows: list[int],
-           capacity: int = 0, limit: int = 0) -> tuple[SlabCache, torch.Tensor]:
-    """Keep `rows`, then drop leading columns that are padding in every kept row."""
-    idx = torch.tensor(rows, device=mask.device)
-    mask = mask.index_select(0, idx)
-    real = mask.sum(dim=0) > 0
-    first = int(torch.nonzero(real)[0]) if bool(real.any()) else mask.shape[1]
-    mask = mask[:, first:]
-    kept = [
-        (k.index_select(0, idx.to(k.device))[..., first:, :],
-         v.index_select(0, idx.to(v.device))[..., first:, :])
-        for k, v in kv
-    ]
-    return SlabCache(kept, capacity_for(mask.shape[1] + 1, capacity, limit), limit), mask

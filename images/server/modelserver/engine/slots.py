@@ -1,8 +1,8 @@
 """The running batch's KV in slots: one preallocated slab per layer, one request per row.
 
-Why: the left-padded batch (kv.merge_many at a join, kv.select at a leave) copied the
-whole batch's KV at every join and every leave, and its shape changed at every step, so
-neither CUDA graphs nor torch.compile could capture the decode forward. Here:
+Why: the left-padded batch this replaced (stacked anew at a join, cut down at a leave)
+copied the whole batch's KV at every join and every leave, and its shape changed at every
+step, so neither CUDA graphs nor torch.compile could capture the decode forward. Here:
 - row i holds its request's positions [0, L_i), right padded; active rows are 0..B-1;
 - a joiner's prefill KV is copied into a free row (its own bytes only);
 - a leaver's row is refilled by the last active row (one row's copy), so rows stay dense;

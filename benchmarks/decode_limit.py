@@ -1,4 +1,4 @@
-"""The builtin engine against the model's own forward, SmolLM2-135M, in process (no HTTP).
+"""The builtin engine against the model's own forward (SmolLM2-135M), in process, no HTTP.
 
 - `bare`: the model's forward alone, B rows of a `--prompt-tokens` prompt in a
   `DynamicCache`, then greedy decode steps (argmax on the logits, no engine): the step
@@ -72,6 +72,9 @@ def engine_run(model, tok, c: int, prompt: int, output: int, vocab: int) -> dict
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="",
+                   help="a local model directory (default: SmolLM2-135M, the dense copy "
+                   "server_bench.py makes from the gguf)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--rows", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--concurrency", type=int, default=16)
@@ -84,11 +87,12 @@ def main() -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(a.threads)
-    path = smollm2_dense("bfloat16")  # the dense copy server_bench uses; cast on load
+    path = Path(a.model) if a.model else smollm2_dense("bfloat16")  # cast on load
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, a.dtype)).eval()
     tok = AutoTokenizer.from_pretrained(path)
     vocab = model.config.vocab_size
-    out = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "dtype": a.dtype,
+    out = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": str(path),
+           "dtype": a.dtype,
            "threads": a.threads, "cpu": cpuinfo("model name"),
            "prompt_tokens": a.prompt_tokens, "output_tokens": a.output_tokens,
            "loadavg_1m_before": round(os.getloadavg()[0], 2),

@@ -24,7 +24,7 @@ ENGINE_BASELINE ?= afe4294
 SLOTS_BASELINE ?= b42f9cd
 
 .PHONY: bench bench-operator bench-restart bench-server bench-gpu gpu-bundle bench-load \
-  bench-engine bench-engine-base bench-engine-slots
+  bench-engine bench-engine-base bench-engine-slots bench-limit
 
 bench: bench-operator bench-server bench-load ## benchmarks: operator at N=10..1000, server vs baselines, loader memory (long)
 	@echo ">> results in $(BENCH_OUT); benchmarks/RESULTS.md quotes them"
@@ -114,3 +114,8 @@ bench-engine-slots: venv ## the slots batch vs SLOTS_BASELINE: bytes copied at j
 	$(PY) benchmarks/engine_overhead.py --model tiny --cases engine --concurrency 1 8 32 \
 	  --rounds 5 --profile-concurrency --detok-lengths --detok-outputs \
 	  --baseline-src .cache/baseline-$(SLOTS_BASELINE) --out $(BENCH_OUT)/engine-slots-overhead.json
+
+bench-limit: venv ## this CPU's limits: matmul rate by batch (fp32/bf16), SmolLM2's bare decode step vs the engine's (RESULTS §13)
+	$(PY) benchmarks/cpu_gemm.py --out $(BENCH_OUT)/cpu-gemm.json
+	$(PY) benchmarks/decode_limit.py --dtype float32 \
+	  --out $(BENCH_OUT)/decode-limit-smollm2-float32.json

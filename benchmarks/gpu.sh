@@ -14,7 +14,8 @@
 # so the weight bytes are the real ones; ids that SmolLM2's tokenizer cannot turn into text
 # are never generated: server_bench.silence_textless). Engines, in this order so a cut run
 # keeps the server: modelserver, the sequential `model.generate` baseline, transformers'
-# continuous batching. The ceiling: weight bytes / the card's measured device-to-device
+# continuous batching; then, with what the budget leaves, modelserver with --compile on
+# (CUDA graphs) on the small model. The ceiling: weight bytes / the card's measured device-to-device
 # copy bandwidth (gpu_card.py) is the shortest a decode step can take.
 #
 # Budget: GPU_SH_BUDGET seconds (480; 900 in a dry run) for everything; each step is capped with `timeout`
@@ -24,7 +25,8 @@
 #
 # Knobs: PY (python3: any Python >= 3.11 whose torch has CUDA), OUT_DIR, GPU_BUNDLE
 # (.cache/gpu-bundle), GPU_SH_BUDGET, LEVELS ("1 8 32"), ENGINES ("server baseline peer"),
-# MODELS ("qwen0.5b qwen7b"). GPU_SH_DRY_RUN=1: no CUDA needed; the same steps on the CPU
+# MODELS ("qwen0.5b qwen7b"), COMPILE_MODEL (qwen0.5b; empty: no --compile on pass),
+# COMPILE_LEVELS ("1 8"). GPU_SH_DRY_RUN=1: no CUDA needed; the same steps on the CPU
 # with a toy Qwen-vocabulary model and the server alone (tests/server/test_bench_gpu.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,10 +40,12 @@ start=$SECONDS
 
 if [[ $DRY == 1 ]]; then
   DEVICE=cpu MODELS=${MODELS:-qwen-tiny} LEVELS=${LEVELS:-"1 2"} ENGINES=${ENGINES:-server}
+  COMPILE_MODEL=${COMPILE_MODEL-qwen-tiny} COMPILE_LEVELS=${COMPILE_LEVELS:-1}
   PROMPT_TOKENS=16 OUTPUT_TOKENS=8 MIN_REQUESTS=2 THREADS=1 COPY_GIB=0.0625 COPY_REPEATS=3
 else
   DEVICE=cuda MODELS=${MODELS:-"qwen0.5b qwen7b"} LEVELS=${LEVELS:-"1 8 32"}
   ENGINES=${ENGINES:-"server baseline peer"}
+  COMPILE_MODEL=${COMPILE_MODEL-qwen0.5b} COMPILE_LEVELS=${COMPILE_LEVELS:-"1 8"}
   PROMPT_TOKENS=256 OUTPUT_TOKENS=128 MIN_REQUESTS=4 THREADS=0 COPY_GIB=4 COPY_REPEATS=20
 fi
 
@@ -134,6 +138,27 @@ print(random_model(sys.argv[1], "bfloat16", sys.argv[2], sys.argv[3]))' \
     --out "$out" || echo "!! $model sweep stopped (cap $limit s or error); engines done so far are kept"
   if [[ -f $out ]]; then reports+=("$out"); fi
 done
+
+# ---------------------------------------------------------------- compiled decode
+# Last, with what the budget leaves: the server with --compile on (torch.compile over static
+# shapes; on CUDA, CUDA graphs) at COMPILE_LEVELS, the small model, where per-step host
+# work weighs most. Skipped when under a minute is left. Each new row bucket compiles once.
+left=$((BUDGET - (SECONDS - start) - 15))
+if [[ -n $COMPILE_MODEL && $left -ge 60 ]] && [[ " $MODELS " == *" $COMPILE_MODEL "* ]]; then
+  out="$RESULTS/gpu-$COMPILE_MODEL-compile.json"
+  rm -f "$out"
+  say "$COMPILE_MODEL: server --compile on at concurrency $COMPILE_LEVELS (cap $left s)"
+  # shellcheck disable=SC2086
+  timeout -k 20 "$left" "$PY" benchmarks/server_bench.py sweep --model "$COMPILE_MODEL" \
+    --dtype bfloat16 --device "$DEVICE" --tokenizer "$BUNDLE/tokenizer" --engines server \
+    --server-arg=--compile=on --concurrency $COMPILE_LEVELS --min-requests "$MIN_REQUESTS" \
+    --prompt-tokens "$PROMPT_TOKENS" --output-tokens "$OUTPUT_TOKENS" --threads "$THREADS" \
+    --logdir "$RESULTS/logs-$COMPILE_MODEL-compile" --out "$out" \
+    || echo "!! $COMPILE_MODEL --compile on stopped (cap $left s or error)"
+  if [[ -f $out ]]; then reports+=("$out"); fi
+else
+  say "--compile on pass skipped (${left} s left, COMPILE_MODEL '$COMPILE_MODEL')"
+fi
 
 # ---------------------------------------------------------------- report
 say "report"

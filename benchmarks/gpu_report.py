@@ -54,7 +54,9 @@ def report(card: dict[str, Any], sweeps: list[dict[str, Any]]) -> str:
     nan = float("nan")
     for sw in sweeps:
         wb = weight_bytes(sw["model"]) if sw["model"] in CONFIGS else 0
-        lines.append(f"\n{sw['model']} {sw.get('dtype', 'bfloat16')}: "
+        server_args = " ".join(sw.get("server_args") or [])
+        lines.append(f"\n{sw['model']} {sw.get('dtype', 'bfloat16')}"
+                     f"{f' (server {server_args})' if server_args else ''}: "
                      f"{wb / 1e9:.2f} GB of weights")
         step_ms = tok_s = nan
         if bw and wb:

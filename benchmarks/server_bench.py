@@ -611,7 +611,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "threads": os.environ.get("OMP_NUM_THREADS", "default"), "engines": {},
-        "commit": tree_commit(ROOT)}
+        "server_args": args.server_arg, "commit": tree_commit(ROOT)}
     base_src = Path(args.baseline_src).resolve() if args.baseline_src else None
     if base_src:
         out["server_base"] = {"src": str(base_src), "commit": tree_commit(base_src)}

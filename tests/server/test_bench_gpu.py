@@ -124,6 +124,12 @@ def test_gpu_sh_dry_run_serves_text_for_every_token(bundle: Path, tmp_path: Path
     sweep = json.loads((out / "gpu-qwen-tiny.json").read_text())
     rows = sweep["engines"]["server"]["rows"]
     assert [r["concurrency"] for r in rows] == [1, 2]
+    # the last pass: the server with --compile on (CUDA graphs on a GPU), in the report too
+    compiled = json.loads((out / "gpu-qwen-tiny-compile.json").read_text())
+    assert compiled["server_args"] == ["--compile=on"]
+    (row,) = compiled["engines"]["server"]["rows"]
+    assert row["tokens_per_request"] == [8] and row["tokens_without_text"] == 0, row
+    assert "qwen-tiny bfloat16 (server --compile=on)" in (out / "gpu-report.txt").read_text()
     for r in rows:
         assert r["tokens_per_request"] == [8], r
         # Qwen's 152k vocabulary, SmolLM2's 49k tokenizer: every token still streams text

@@ -20,16 +20,15 @@ import concurrent.futures
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import openai
 from modelserver.engine.budget import ACTIVATION_RESERVE_BYTES
+from server_bench import RSS, free_port  # this script's folder
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_COMMIT = "afe4294"
@@ -54,12 +53,6 @@ def system_prompt(words: int) -> str:
     return "You are an agent on the user's machine.\n" + "\n".join(lines)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss(pid: int) -> dict[str, int]:
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -75,29 +68,6 @@ def base_checkout() -> Path:
         subprocess.run(["git", "worktree", "add", "--detach", str(path), BASE_COMMIT],
                        cwd=REPO, check=True, capture_output=True)
     return path
-
-
-class PeakSampler:
-    """VmRSS sampled every 0.2 s: the peak of a process that may not live to report its
-    own VmHWM."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.peak = pid, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            try:
-                self.peak = max(self.peak, rss(self.pid)["VmRSS"])
-            except (OSError, KeyError):
-                return
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
 
 
 def run_variant(name: str, root: Path, extra: list[str], args: argparse.Namespace) -> dict:
@@ -125,7 +95,7 @@ def run_variant(name: str, root: Path, extra: list[str], args: argparse.Namespac
                 pass
             time.sleep(0.5)
         idle = rss(proc.pid)["VmRSS"]
-        sampler = PeakSampler(proc.pid)
+        sampler = RSS(proc.pid)  # the peak of a server that may not live to report VmHWM
         client = openai.OpenAI(base_url=base + "/v1", api_key="none", timeout=900)
         system = system_prompt(args.system_words)
         messages = [{"role": "system", "content": system}]
@@ -161,14 +131,14 @@ def run_variant(name: str, root: Path, extra: list[str], args: argparse.Namespac
         with concurrent.futures.ThreadPoolExecutor(args.burst) as pool:
             outcomes = list(pool.map(one, range(args.burst)))
         burst_s = time.monotonic() - t0
+        sampler.stop()
         if proc.poll() is not None:  # e.g. the kernel's OOM killer: what it reached, how
             return {"variant": name, "flags": extra, "idle_rss_mib": round(idle / MIB),
                     "died": f"exit {proc.returncode} during the burst (-9: SIGKILL, e.g. "
                             "the kernel's OOM killer; see dmesg)",
-                    "peak_rss_sampled_mib": round(sampler.stop() / MIB), "turns": turns,
+                    "peak_rss_sampled_mib": round(sampler.peak / MIB), "turns": turns,
                     "burst": {"requests": args.burst, "seconds": round(burst_s, 1),
                               "outcomes": {o: outcomes.count(o) for o in set(outcomes)}}}
-        sampler.stop()
         metrics = httpx.get(base + "/metrics", timeout=10).text
         after = rss(proc.pid)
         budget = [ln for ln in metrics.splitlines()
@@ -208,6 +178,9 @@ def main() -> None:
                    help="budget always runs; base (no KV budget) can take all the memory "
                    "the machine has at the issue's sizes")
     args = p.parse_args()
+    if "budget" not in args.variants:
+        p.error("--variants: budget always runs (the bound is stated for it); give "
+                "'budget' or 'base budget'")
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     load = os.getloadavg()
     # both servers at once (RSS is per process; a busy shared machine makes sequential

@@ -4,6 +4,7 @@ eager's greedy tokens (a real Engine over the tiny random model, in process, on 
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import pytest
@@ -46,6 +47,45 @@ def test_a_join_copies_its_own_row_and_a_leave_moves_one_row():
     assert grown.copied - slots.copied == 2 * 5 * row_bytes
     assert torch.equal(grown.k[1][:2, :, :5], slots.k[1][:2, :, :5])
     assert [bucket(n, 6) for n in (1, 2, 3, 5, 6)] == [1, 2, 4, 6, 6]
+
+
+@pytest.mark.parametrize("budgeted", [False, True])
+def test_the_engine_leaves_no_tensor_to_the_cycle_collector(tiny, budgeted):
+    """Batches that grow, empty and refill, with the prefix cache storing and evicting:
+    with the cyclic collector off, every tensor the engine drops is freed by reference
+    counting. A slab's view holding its Slots (a cycle) kept each dropped slab until a
+    full collection: in the HTTP server, one prompt's KV per request past the KV budget
+    (11 GB over it at 7.7k-token prompts, RESULTS.md §9)."""
+    model, tok = tiny
+    budget = kvbudget.KVBudget(total_bytes=1 << 22, prefix_bytes=1 << 21,
+                               bytes_per_token=kvbudget.kv_bytes_per_token(model))
+    engine = Engine(model, tok, max_batch_size=4, prefix_cache_entries=4,
+                    kv_budget=budget if budgeted else None)
+    g = torch.Generator().manual_seed(9)
+    shared = torch.randint(5, 500, (200,), generator=g).tolist()
+    engine.start()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(2):
+            lengths = torch.randint(3, 60, (8,), generator=g).tolist()
+            outs = drive.run_all(
+                engine, [shared + torch.randint(5, 500, (n,), generator=g).tolist()
+                         for n in lengths],
+                [drive.greedy(n) for n in torch.randint(2, 24, (8,), generator=g).tolist()],
+                timeout=REQUEST_WAIT)
+            assert all(o.ok for o in outs), [o.error for o in outs]
+        engine.stop()
+        gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds stays in gc.garbage
+        gc.collect()
+        cyclic = [o for o in gc.garbage if isinstance(o, torch.Tensor)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+        engine.stop()
+    assert not cyclic, (f"{len(cyclic)} tensors ({sum(t.nbytes for t in cyclic)} bytes) "
+                        "were freed only by the cycle collector")
 
 
 def test_right_padded_rows_decode_as_they_do_alone(tiny):

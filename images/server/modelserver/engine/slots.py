@@ -140,18 +140,28 @@ class Slots:
         return self._view
 
 
+class _Step:
+    """One decode step's shape, shared by a SlotView and its layers. Nothing here points
+    back at the slab: a view and its layers holding their Slots (a reference cycle) kept
+    every slab the engine dropped alive until a full garbage collection, one prompt's KV
+    per request under an HTTP load (benchmarks/RESULTS.md §9)."""
+
+    def __init__(self) -> None:
+        self.rows = self.width = 0
+        self.flat = torch.zeros(0, dtype=torch.long)
+
+
 class _SlotLayer(DynamicLayer):
     """One layer of a SlotView: writes the step's column in place, returns slab views."""
 
-    def __init__(self, view: SlotView, index: int) -> None:
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, step: _Step) -> None:
         super().__init__()
-        self.view, self.index = view, index
+        self.k, self.v, self.step = k, v, step
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.view
-        k, v = s.slots.k[self.index], s.slots.v[self.index]
+        s, k, v = self.step, self.k, self.v
         # one indexed copy per tensor: (row, head) pairs to their row's position
         k.view(-1, k.shape[-1]).index_copy_(0, s.flat, key_states.reshape(-1, k.shape[-1]))
         v.view(-1, v.shape[-1]).index_copy_(0, s.flat, value_states.reshape(-1, v.shape[-1]))
@@ -159,30 +169,34 @@ class _SlotLayer(DynamicLayer):
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
-        return self.view.width
+        return self.step.width
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.view.width, 0
+        return self.step.width, 0
 
 
 class SlotView(Cache):
     """What the model gets as its cache for one decode step (one token per row). One per
-    slab, re-armed every step: a compiled forward sees the same object every time."""
+    slab, re-armed every step: a compiled forward sees the same object every time. It
+    holds the slab's tensors, never the Slots (see _Step)."""
 
     def __init__(self, slots: Slots) -> None:
-        self.slots = slots
-        self.rows = self.width = 0
-        self.flat = self._base = torch.zeros(0, 0, dtype=torch.long)
-        super().__init__(layers=[_SlotLayer(self, i) for i in range(len(slots.k))])
+        self.step = _Step()
+        self._heads, self._width_cap = slots.k[0].shape[1], slots.width_cap
+        self._base = torch.zeros(0, 0, dtype=torch.long)
+        super().__init__(layers=[_SlotLayer(k, v, self.step)
+                                 for k, v in zip(slots.k, slots.v, strict=True)])
 
     def arm(self, rows: int, width: int, pos: torch.Tensor) -> None:
         """Set the step's shape; `flat`: where each (row, KV head)'s new position lies in a
         layer's slab seen as [rows × heads × width capacity, head dim] (one per step)."""
-        self.rows, self.width = rows, width
-        heads, cap = self.slots.k[0].shape[1], self.slots.width_cap
+        step = self.step
+        step.rows, step.width = rows, width
         if self._base.shape[0] != rows or self._base.device != pos.device:
-            self._base = torch.arange(rows * heads, device=pos.device).view(rows, heads) * cap
-        self.flat = (self._base + pos.unsqueeze(1)).view(-1)
+            self._base = torch.arange(rows * self._heads,
+                                      device=pos.device).view(rows, self._heads) * \
+                self._width_cap
+        step.flat = (self._base + pos.unsqueeze(1)).view(-1)
 
 
 def decode_mask(pos: torch.Tensor, width: int, attn_implementation: str,

@@ -182,7 +182,6 @@ class SlotView(Cache):
 
     def __init__(self, slots: Slots) -> None:
         self.step = _Step()
-        self._heads, self._width_cap = slots.k[0].shape[1], slots.width_cap
         self._base = torch.zeros(0, 0, dtype=torch.long)
         super().__init__(layers=[_SlotLayer(k, v, self.step)
                                  for k, v in zip(slots.k, slots.v, strict=True)])
@@ -192,10 +191,9 @@ class SlotView(Cache):
         layer's slab seen as [rows × heads × width capacity, head dim] (one per step)."""
         step = self.step
         step.rows, step.width = rows, width
+        _, heads, cap, _ = self.layers[0].k.shape
         if self._base.shape[0] != rows or self._base.device != pos.device:
-            self._base = torch.arange(rows * self._heads,
-                                      device=pos.device).view(rows, self._heads) * \
-                self._width_cap
+            self._base = torch.arange(rows * heads, device=pos.device).view(rows, heads) * cap
         step.flat = (self._base + pos.unsqueeze(1)).view(-1)
 
 
